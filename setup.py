@@ -1,0 +1,44 @@
+"""verl-sdar: Self-Distilled Agentic Reinforcement Learning as a plugin for upstream verl."""
+
+from setuptools import find_packages, setup
+
+VERL_VERSION = "0.9.1"
+
+setup(
+    name="verl-sdar",
+    version="0.1.0",
+    description="SDAR (gated on-policy self-distillation on top of GRPO) as a plugin for verl",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["verl_sdar", "verl_sdar.*"])
+    + ["hydra_plugins.verl_sdar_searchpath"],
+    package_data={"verl_sdar": ["config/**/*.yaml", "config/*.yaml"]},
+    include_package_data=True,
+    install_requires=[
+        # The CPU path and the trainer subclass touch a few verl internals: pinned exactly.
+        f"verl=={VERL_VERSION}",
+        # What verl's V1 trainer needs at run time but verl's base install lacks.
+        "TransferQueue==0.1.11",
+        "cachetools",
+        "fastapi",
+        "uvicorn",
+        "ray>=2.40",
+        "transformers>=4.51",
+        "tokenizers",
+        "omegaconf>=2.3",
+        "hydra-core>=1.3",
+        "pandas",
+        "pyarrow",
+    ],
+    extras_require={
+        "test": ["pytest>=8"],
+        "alfworld": ["alfworld==0.4.2"],
+        # GPU only; never installed in CI.
+        "vllm": ["vllm"],
+    },
+    entry_points={
+        # `import verl` loads this in the driver and in every Ray worker.
+        "verl.plugins": ["verl_sdar = verl_sdar.plugin"],
+    },
+)

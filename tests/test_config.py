@@ -1,0 +1,116 @@
+"""Composition with real Hydra and real verl: `algorithm=...` groups, stock config, bad values."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from verl_sdar.config import OBJECTIVES, SDARConfig, SDARConfigError
+
+VERL_CONFIG_MODULE = "verl.trainer.config"
+GROUPS = {
+    "sdar": dict(objective="sdar", coef=0.01, beta=5.0, gate="gap"),
+    "grpo": dict(objective="none"),
+    "grpo_opsd": dict(objective="sdar", coef=0.01, beta=0.0, gate="constant"),
+    "opsd": dict(objective="opsd", coef=1.0),
+    "rlsd": dict(objective="rlsd"),
+    "skill_sd": dict(objective="skill_sd", coef=0.001),
+}
+
+
+def composed(*overrides: str):
+    with initialize_config_module(VERL_CONFIG_MODULE, version_base=None):
+        return compose("ppo_trainer", overrides=list(overrides))
+
+
+def test_algorithm_sdar_composes_without_plus_and_selects_the_sdar_trainer():
+    import verl  # noqa: F401  (loads the plugin through its entry point)
+    from verl.trainer.ppo.v1 import get_trainer_cls
+
+    from verl_sdar.trainer import SDARTrainer
+
+    cfg = composed("algorithm=sdar")
+    assert cfg.trainer.v1.trainer_mode == "sdar"
+    assert get_trainer_cls(cfg.trainer.v1.trainer_mode) is SDARTrainer
+    sdar = SDARConfig.from_config(cfg)
+    assert (sdar.objective, sdar.coef, sdar.beta, sdar.gate) == ("sdar", 0.01, 5.0, "gap")
+    assert sdar.privileged.key == "privileged"
+    # the paper's GRPO settings come with it
+    assert cfg.algorithm.adv_estimator == "grpo"
+    actor = cfg.actor_rollout_ref.actor
+    assert (actor.use_kl_loss, actor.kl_loss_coef, actor.kl_loss_type, actor.clip_ratio) == (
+        True,
+        0.01,
+        "low_var_kl",
+        0.2,
+    )
+    # verl's own dataclass still accepts the algorithm block (no stray keys under `algorithm`)
+    from verl.utils.config import omega_conf_to_dataclass
+
+    omega_conf_to_dataclass(cfg.algorithm)
+
+
+@pytest.mark.parametrize("group", sorted(GROUPS))
+def test_each_algorithm_group_composes_and_validates(group):
+    cfg = composed(f"algorithm={group}")
+    sdar = SDARConfig.from_config(cfg)
+    for key, value in GROUPS[group].items():
+        assert getattr(sdar, key) == value, key
+    assert sdar.objective in OBJECTIVES
+
+
+def test_command_line_overrides_apply_after_the_group():
+    sdar = SDARConfig.from_config(composed("algorithm=sdar", "sdar.beta=1.0", "sdar.gate=soft_or"))
+    assert (sdar.beta, sdar.gate) == (1.0, "soft_or")
+
+
+def test_without_algorithm_the_config_is_stock_verl(monkeypatch):
+    ours = OmegaConf.to_container(composed(), resolve=False)
+    from hydra_plugins.verl_sdar_searchpath import VerlSdarSearchPathPlugin
+
+    monkeypatch.setattr(VerlSdarSearchPathPlugin, "manipulate_search_path", lambda self, sp: None)
+    stock = OmegaConf.to_container(composed(), resolve=False)
+    assert "sdar" not in ours
+    assert ours == stock
+    with pytest.raises(Exception, match="algorithm"):
+        composed("algorithm=sdar")  # without the plugin, plain algorithm=sdar cannot compose
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("sdar.gate=nope", "sdar.gate"),
+        ("sdar.coef=-0.1", "sdar.coef"),
+        ("sdar.beta=-1", "sdar.beta"),
+        ("sdar.privileged.key=''", "sdar.privileged.key"),
+        ("sdar.objective=ppo", "sdar.objective"),
+        ("+sdar.typo=1", "sdar.typo"),
+        ("sdar.rlsd.mix=1.5", "sdar.rlsd.mix"),
+        ("trainer.v1.trainer_mode=sync", "trainer.v1.trainer_mode"),
+    ],
+)
+def test_bad_values_fail_with_a_message_naming_the_key(override, key):
+    cfg = composed("algorithm=rlsd" if "rlsd" in override else "algorithm=sdar", override)
+    with pytest.raises(SDARConfigError, match=key.replace(".", r"\.")):
+        SDARConfig.from_config(cfg)
+
+
+def test_sdar_trainer_without_sdar_settings_is_an_error():
+    with pytest.raises(SDARConfigError, match="needs the top-level 'sdar' settings"):
+        SDARConfig.from_config(composed("trainer.v1.trainer_mode=sdar"))
+
+
+def test_main_ppo_rejects_a_bad_value_before_starting_ray(tmp_path):
+    """The real entry point: the Hydra callback fails the job at start-up, naming the key."""
+    env = dict(os.environ, HYDRA_FULL_ERROR="1", RAY_ADDRESS="")
+    proc = subprocess.run(
+        [sys.executable, "-m", "verl.trainer.main_ppo", "algorithm=sdar", "sdar.gate=nope",
+         f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+    )
+    assert proc.returncode != 0
+    assert "sdar.gate: unknown gate 'nope'" in proc.stderr
+    assert "ray init kwargs" not in proc.stdout  # failed before verl started Ray

@@ -1,0 +1,175 @@
+"""Typed SDAR settings (the top-level ``sdar:`` key) and their validation.
+
+The YAML groups under ``verl_sdar/config/algorithm/`` set these; ``SDARConfig.from_config`` turns
+the composed OmegaConf tree into the dataclasses below and fails with a message that names the
+offending key. It runs twice: in a Hydra ``on_job_start`` callback (before Ray starts) and in the
+SDAR trainer's constructor (for launches that bypass Hydra).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..objectives import GATES
+
+OBJECTIVES = ("none", "sdar", "opsd", "rlsd", "skill_sd")
+TRAINER_MODE = "sdar"
+
+
+class SDARConfigError(ValueError):
+    """A bad ``sdar.*`` value (or a verl setting that contradicts it). The message names the key."""
+
+
+@dataclass(frozen=True)
+class PrivilegedConfig:
+    """Where the teacher's privileged text comes from.
+
+    Attributes:
+        key: name of the field inside each dataset row's ``extra_info`` that holds the privileged
+            text (e.g. retrieved skills). An empty string in a row means "no privileged context":
+            the teacher then sees exactly the student's prompt. A row without the field is an error.
+        header: text placed before the privileged text inside the inserted block.
+    """
+
+    key: str = "privileged"
+    header: str = "Useful knowledge for this task:\n"
+
+
+@dataclass(frozen=True)
+class RLSDConfig:
+    """RLSD baseline: ``A_t = A * ((1 - l) + l * clip(exp(sign(A) Delta_t), 1 - eps, 1 + eps))``.
+
+    Attributes:
+        mix: ``l`` at step 0.
+        clip_eps: ``eps``.
+        decay_steps: ``l`` decays linearly to 0 over this many steps; 0 keeps it constant.
+    """
+
+    mix: float = 0.5
+    clip_eps: float = 0.2
+    decay_steps: int = 100
+
+    def mix_at(self, step: int) -> float:
+        """``l`` at a global step (linear decay to 0 over ``decay_steps``)."""
+        if self.decay_steps <= 0:
+            return self.mix
+        return self.mix * max(0.0, 1.0 - step / self.decay_steps)
+
+
+@dataclass(frozen=True)
+class SDARConfig:
+    """SDAR settings. ``L = L_GRPO + coef * L_obj`` where ``L_obj`` depends on ``objective``:
+
+    * ``none``:     GRPO only; no teacher pass.
+    * ``sdar``:     ``Agg(g_t * (t_t - s_t))`` with ``g_t = gate(beta, Delta_t)`` detached.
+                    ``gate=constant`` (or ``beta=0`` with ``gap``) is naive GRPO+OPSD.
+    * ``opsd``:     reverse-KL self-distillation alone: the outcome advantages are zeroed, so the
+                    PPO term carries no gradient; ``L_obj`` = reverse-KL score-function term.
+    * ``rlsd``:     no extra term; the advantages are reweighted per token (see ``RLSDConfig``).
+    * ``skill_sd``: ``Agg(rho_t * k3_t)``, ``k3 = exp(-d) - 1 + d``, ``d = s_t - t_t``,
+                    ``rho_t = exp(s_t - old_t)``.
+
+    Attributes:
+        objective: one of ``OBJECTIVES``.
+        coef: lambda, the weight of ``L_obj`` (paper: 0.01 for SDAR, 0.001 for Skill-SD).
+        beta: gate sharpness (paper: 5.0; 0 gives a constant gate 0.5).
+        gate: ``gap`` | ``entropy`` | ``soft_or`` | ``constant``.
+        privileged: where the teacher's privileged text comes from.
+        rlsd: RLSD settings (used only with ``objective=rlsd``).
+    """
+
+    objective: str = "sdar"
+    coef: float = 0.01
+    beta: float = 5.0
+    gate: str = "gap"
+    privileged: PrivilegedConfig = field(default_factory=PrivilegedConfig)
+    rlsd: RLSDConfig = field(default_factory=RLSDConfig)
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise SDARConfigError(f"sdar.objective: unknown objective {self.objective!r}; expected one of {OBJECTIVES}")
+        if not (isinstance(self.coef, (int, float)) and math.isfinite(self.coef) and self.coef >= 0):
+            raise SDARConfigError(f"sdar.coef must be a finite number >= 0, got {self.coef!r}")
+        if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta >= 0):
+            raise SDARConfigError(f"sdar.beta must be a finite number >= 0, got {self.beta!r}")
+        if self.gate not in GATES:
+            raise SDARConfigError(f"sdar.gate: unknown gate {self.gate!r}; expected one of {GATES}")
+        if self.needs_teacher and not (isinstance(self.privileged.key, str) and self.privileged.key.strip()):
+            raise SDARConfigError(
+                f"sdar.privileged.key: objective {self.objective!r} needs a privileged-text source; "
+                "set sdar.privileged.key to the extra_info field holding it"
+            )
+        if not 0.0 <= self.rlsd.mix <= 1.0:
+            raise SDARConfigError(f"sdar.rlsd.mix must be in [0, 1], got {self.rlsd.mix!r}")
+        if self.rlsd.clip_eps < 0:
+            raise SDARConfigError(f"sdar.rlsd.clip_eps must be >= 0, got {self.rlsd.clip_eps!r}")
+        if self.rlsd.decay_steps < 0:
+            raise SDARConfigError(f"sdar.rlsd.decay_steps must be >= 0, got {self.rlsd.decay_steps!r}")
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Whether a teacher log-prob pass runs each step."""
+        return self.objective != "none"
+
+    @property
+    def adds_loss_term(self) -> bool:
+        """Whether the actor loss gets an extra term (otherwise verl's PPO loss is used as is)."""
+        return self.objective in ("sdar", "opsd", "skill_sd")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> SDARConfig:
+        """Build from a plain mapping; unknown keys are errors that name the key."""
+        raw = dict(raw)
+        sub = {"privileged": PrivilegedConfig, "rlsd": RLSDConfig}
+        kwargs: dict[str, Any] = {}
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key, value in raw.items():
+            if key not in known:
+                raise SDARConfigError(f"sdar.{key}: unknown key; known keys are {sorted(known)}")
+            if key in sub:
+                sub_known = {f.name for f in dataclasses.fields(sub[key])}
+                value = dict(value or {})
+                for sub_key in value:
+                    if sub_key not in sub_known:
+                        raise SDARConfigError(f"sdar.{key}.{sub_key}: unknown key; known keys are {sorted(sub_known)}")
+                value = sub[key](**value)
+            kwargs[key] = value
+        return cls(**kwargs)
+
+    @classmethod
+    def from_config(cls, config: DictConfig) -> Optional[SDARConfig]:
+        """Validate a composed main_ppo config; return the SDAR settings, or None when SDAR is off.
+
+        Checks both directions: ``sdar:`` present but another trainer selected, and the SDAR
+        trainer selected without ``sdar:``.
+        """
+        mode = OmegaConf.select(config, "trainer.v1.trainer_mode", default=None)
+        raw = OmegaConf.select(config, "sdar", default=None)
+        if raw is None:
+            if mode == TRAINER_MODE:
+                raise SDARConfigError(
+                    "sdar: trainer.v1.trainer_mode=sdar needs the top-level 'sdar' settings; "
+                    "select them with algorithm=sdar (or grpo, opsd, grpo_opsd, rlsd, skill_sd)"
+                )
+            return None
+        if mode != TRAINER_MODE:
+            raise SDARConfigError(
+                f"trainer.v1.trainer_mode is {mode!r} but 'sdar' settings are present; "
+                "use trainer.v1.trainer_mode=sdar (set by algorithm=sdar) or drop the sdar key"
+            )
+        sdar = cls.from_dict(OmegaConf.to_container(raw, resolve=True))
+        if not OmegaConf.select(config, "trainer.use_v1", default=True):
+            raise SDARConfigError("trainer.use_v1: the SDAR trainer is a V1 trainer; set trainer.use_v1=true")
+        return sdar
+
+
+class ValidateOnJobStart:
+    """Hydra callback (``hydra.callbacks``): validate ``sdar.*`` before the job starts Ray."""
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        SDARConfig.from_config(config)

@@ -1,0 +1,79 @@
+"""The actor loss installed on verl's actor workers: verl's PPO loss + coef * SDAR objective term.
+
+verl's registered policy losses only see fixed arguments, so the teacher log-probs could not reach
+them. Instead the SDAR trainer replaces the actor's loss function through verl's ``set_loss_fn``
+RPC with ``functools.partial(actor_loss, config=<ActorConfig>, sdar=<SDARConfig>)``. Inside, verl's
+own ``ppo_loss`` computes the GRPO/PPO part (clip, KL to ref, entropy) unchanged; this module adds
+the objective term, aggregated with the same mode and global normalisers as the PPO loss.
+
+Row fields used (all stored in TransferQueue by the trainer, response-aligned):
+``teacher_log_probs`` (teacher pass), ``old_log_probs`` (verl), ``entropy`` (verl's old-policy
+entropy, used by the entropy / soft-OR gates), ``response_mask``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from tensordict import TensorDict
+from verl.utils.metric import AggregationType, Metric
+from verl.workers.utils.losses import ppo_loss
+from verl.workers.utils.padding import no_padding_2_padding
+
+from .config import SDARConfig
+from .objectives import opsd_loss, sdar_loss, skill_sd_loss
+
+__all__ = ["actor_loss", "make_actor_loss"]
+
+
+def _loss_metric_aggregation(data: TensorDict, config) -> AggregationType:
+    """Same rule as verl's PPO loss: globally normalised losses are summed over micro-batches."""
+    globally_normalised = (
+        data["dp_size"] > 1
+        or data["batch_num_tokens"] is not None
+        or data["global_batch_size"] is not None
+        or config.loss_scale_factor is not None
+    )
+    return AggregationType.SUM if globally_normalised else AggregationType.MEAN
+
+
+def actor_loss(config, model_output, data: TensorDict, dp_group=None, *, sdar: SDARConfig):
+    """``ppo_loss(...) + sdar.coef * L_obj``; metrics under ``sdar/*`` (shown as ``actor/sdar/*``)."""
+    policy_loss, metrics = ppo_loss(config, model_output, data, dp_group)
+
+    student = no_padding_2_padding(model_output["log_probs"], data)
+    needed = ["response_mask", "teacher_log_probs"]
+    if sdar.objective == "skill_sd":
+        needed.append("old_log_probs")
+    if sdar.gate in ("entropy", "soft_or"):
+        needed.append("entropy")
+    missing = [k for k in needed if k not in data.keys()]
+    if missing:
+        raise KeyError(f"verl-sdar actor loss: row fields {missing} missing; did the teacher pass run?")
+    rows = data.select(*needed).to_padded_tensor()
+    mask = rows["response_mask"].bool()
+    teacher = rows["teacher_log_probs"].to(student.dtype)
+    agg = dict(loss_agg_mode=config.loss_agg_mode, **config.global_batch_info)
+
+    if sdar.objective == "sdar":
+        entropy = rows["entropy"].to(student.dtype) if "entropy" in rows.keys() else None
+        term, term_metrics = sdar_loss(student, teacher, mask, beta=sdar.beta, gate=sdar.gate, entropy=entropy, **agg)
+    elif sdar.objective == "opsd":
+        term, term_metrics = opsd_loss(student, teacher, mask, **agg)
+    elif sdar.objective == "skill_sd":
+        old = rows["old_log_probs"].to(student.dtype)
+        term, term_metrics = skill_sd_loss(student, teacher, old, mask, **agg)
+    else:
+        raise ValueError(f"objective {sdar.objective!r} adds no loss term; the trainer should not install this loss")
+
+    policy_loss = policy_loss + sdar.coef * term
+    loss_aggregation = _loss_metric_aggregation(data, config)
+    for name, value in term_metrics.items():
+        aggregation = loss_aggregation if name == "loss" else AggregationType.MEAN
+        metrics[f"sdar/{name}"] = Metric(value=value, aggregation=aggregation)
+    return policy_loss, metrics
+
+
+def make_actor_loss(actor_config, sdar: SDARConfig):
+    """The picklable loss function to send with ``worker_group.set_loss_fn``."""
+    return partial(actor_loss, config=actor_config, sdar=sdar)

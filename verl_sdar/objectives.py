@@ -1,0 +1,267 @@
+"""SDAR objectives and the baselines it is compared with. Pure torch: no verl import.
+
+Notation (per response token ``t`` of one row, on the token the student sampled):
+
+* ``s_t``  student log-prob ``log pi_theta(y_t | x, y_<t)`` (carries the gradient)
+* ``t_t``  teacher log-prob ``log pi(y_t | x, c+, y_<t)`` (same policy, privileged context ``c+``; no grad)
+* ``Delta_t = t_t - s_t`` the teacher-student gap, always detached. It is the single-sample
+  estimate of minus the reverse KL(pi_student || pi_teacher) at that position.
+
+Every loss here takes a ``response_mask`` (1 on tokens that count) and an aggregation mode
+that behaves exactly like ``verl.trainer.ppo.core_algos.agg_loss`` (same names, same global
+normalisers), so a term added to verl's PPO loss is normalised the same way as the PPO loss.
+
+Masked positions never contribute, whatever they hold (-inf and NaN included): they are replaced
+by zeros before any arithmetic, so neither the value nor the gradient can become NaN through
+them. Inside the mask, log-probs are clamped from below at ``MIN_LOG_PROB`` so that a token the
+teacher gives zero probability yields a finite gap (its gate is then exactly 0).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+__all__ = [
+    "GATES",
+    "LOSS_AGG_MODES",
+    "MIN_LOG_PROB",
+    "aggregate",
+    "compute_gate",
+    "gap_statistics",
+    "opsd_loss",
+    "rlsd_token_advantages",
+    "sdar_loss",
+    "skill_sd_loss",
+]
+
+GATES = ("gap", "entropy", "soft_or", "constant")
+LOSS_AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-sum-norm", "seq-mean-token-mean")
+MIN_LOG_PROB = -1.0e4
+
+Metrics = dict[str, torch.Tensor]
+
+
+def _clean(log_probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Zero outside the mask; clamp -inf (and below MIN_LOG_PROB) inside it. Keeps the gradient."""
+    inside = torch.clamp(torch.nan_to_num(log_probs, nan=0.0, neginf=MIN_LOG_PROB), min=MIN_LOG_PROB)
+    return torch.where(mask, inside, torch.zeros_like(log_probs))
+
+
+def _check(mask: torch.Tensor, *tensors: Optional[torch.Tensor]) -> torch.Tensor:
+    for t in tensors:
+        if t is not None and t.shape != mask.shape:
+            raise ValueError(f"shape mismatch: expected {tuple(mask.shape)} like response_mask, got {tuple(t.shape)}")
+    return mask.bool()
+
+
+def aggregate(
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    loss_agg_mode: str = "token-mean",
+    *,
+    dp_size: int = 1,
+    batch_num_tokens: Optional[int] = None,
+    global_batch_size: Optional[int] = None,
+    loss_scale_factor: Optional[float] = None,
+) -> torch.Tensor:
+    """Reduce a (batch, tokens) matrix to a scalar; same modes and normalisers as verl's ``agg_loss``.
+
+    With ``m`` the mask, ``T`` = ``batch_num_tokens`` (default: sum m), ``B`` = ``global_batch_size``
+    (default: rows with any token), ``d`` = ``dp_size``:
+
+    * ``token-mean``:              d * sum(v m) / T
+    * ``token-sum``:               d * sum(v m)
+    * ``seq-mean-token-sum``:      d * sum_rows(sum_t v m) / B
+    * ``seq-mean-token-sum-norm``: the above / ``loss_scale_factor`` (default: the row width)
+    * ``seq-mean-token-mean``:     d * sum_rows(sum_t v m / sum_t m) / B
+    """
+    mask = _check(mask, values)
+    v = torch.where(mask, values, torch.zeros_like(values))
+    m = mask.to(v.dtype)
+    if loss_agg_mode == "token-mean":
+        if batch_num_tokens is None:
+            if dp_size > 1:
+                raise ValueError("batch_num_tokens (global) is required when dp_size > 1")
+            batch_num_tokens = m.sum()
+        return v.sum() / batch_num_tokens * dp_size
+    if loss_agg_mode == "token-sum":
+        return v.sum() * dp_size
+    if loss_agg_mode in ("seq-mean-token-sum", "seq-mean-token-sum-norm", "seq-mean-token-mean"):
+        tokens_per_row = m.sum(dim=-1)
+        row_has_tokens = (tokens_per_row > 0).to(v.dtype)
+        row_values = v.sum(dim=-1)
+        if loss_agg_mode == "seq-mean-token-mean":
+            row_values = row_values / (tokens_per_row + 1e-8)
+        if global_batch_size is None:
+            if dp_size > 1:
+                raise ValueError("global_batch_size is required when dp_size > 1")
+            global_batch_size = row_has_tokens.sum()
+        loss = (row_values * row_has_tokens).sum() / global_batch_size * dp_size
+        if loss_agg_mode == "seq-mean-token-sum-norm":
+            loss = loss / (loss_scale_factor if loss_scale_factor is not None else mask.shape[-1])
+        return loss
+    raise ValueError(f"unknown loss_agg_mode {loss_agg_mode!r}; expected one of {LOSS_AGG_MODES}")
+
+
+def compute_gate(
+    gap: torch.Tensor, *, beta: float, gate: str = "gap", entropy: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Per-token gate in (0, 1), always detached.
+
+    * ``gap``:      g = sigmoid(beta * Delta)
+    * ``entropy``:  g = sigmoid(beta * h)                       (h: student entropy at the token)
+    * ``soft_or``:  g = sigmoid(beta * (1 - (1 - h) (1 - Delta)))
+    * ``constant``: g = 0.5 (naive GRPO+OPSD; equals ``gap`` with beta = 0)
+    """
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    gap = gap.detach()
+    if gate == "gap":
+        g = torch.sigmoid(beta * gap)
+    elif gate == "constant":
+        g = torch.full_like(gap, 0.5)
+    elif gate in ("entropy", "soft_or"):
+        if entropy is None:
+            raise ValueError(f"gate {gate!r} needs the per-token entropy")
+        h = entropy.detach()
+        g = torch.sigmoid(beta * h) if gate == "entropy" else torch.sigmoid(beta * (1 - (1 - h) * (1 - gap)))
+    else:
+        raise ValueError(f"unknown gate {gate!r}; expected one of {GATES}")
+    return g.detach()
+
+
+def _masked_mean_std(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    n = mask.sum().clamp(min=1)
+    xm = torch.where(mask, x, torch.zeros_like(x))
+    mean = xm.sum() / n
+    var = torch.where(mask, (x - mean) ** 2, torch.zeros_like(x)).sum() / n
+    return mean, var.sqrt()
+
+
+def gap_statistics(gap: torch.Tensor, gate: torch.Tensor, mask: torch.Tensor) -> Metrics:
+    """Token-level statistics over the mask: gate mean, gate-active ratio (g > 0.5), gap mean/std."""
+    mask = _check(mask, gap, gate)
+    gap_mean, gap_std = _masked_mean_std(gap.detach(), mask)
+    gate_mean, _ = _masked_mean_std(gate.detach(), mask)
+    active, _ = _masked_mean_std((gate.detach() > 0.5).to(gap.dtype), mask)
+    return {"gate_mean": gate_mean, "gate_active_ratio": active, "gap_mean": gap_mean, "gap_std": gap_std}
+
+
+def sdar_loss(
+    student_log_probs: torch.Tensor,
+    teacher_log_probs: torch.Tensor,
+    response_mask: torch.Tensor,
+    *,
+    beta: float = 5.0,
+    gate: str = "gap",
+    entropy: Optional[torch.Tensor] = None,
+    loss_agg_mode: str = "token-mean",
+    **agg_kwargs,
+) -> tuple[torch.Tensor, Metrics]:
+    """Gated self-distillation term of SDAR.
+
+        g_t = gate(Delta_t)        (detached, see ``compute_gate``)
+        l_t = g_t * (t_t - s_t)    (gradient only through s_t)
+        L   = Agg(l_t)
+
+    so ``grad L = -Agg(g_t * grad s_t)``: a likelihood push on the student's own tokens, strong
+    where the teacher endorses the token more than the student does, weak where it rejects it.
+    Returns the loss and metrics (gate mean, gate-active ratio, gap mean/std, loss), all detached.
+    """
+    mask = _check(response_mask, student_log_probs, teacher_log_probs, entropy)
+    s = _clean(student_log_probs, mask)
+    t = _clean(teacher_log_probs.detach(), mask)
+    gap = (t - s).detach()
+    g = compute_gate(gap, beta=beta, gate=gate, entropy=entropy)
+    loss = aggregate(g * (t - s), mask, loss_agg_mode, **agg_kwargs)
+    metrics = gap_statistics(gap, g, mask)
+    metrics["loss"] = loss.detach()
+    return loss, metrics
+
+
+def opsd_loss(
+    student_log_probs: torch.Tensor,
+    teacher_log_probs: torch.Tensor,
+    response_mask: torch.Tensor,
+    *,
+    loss_agg_mode: str = "token-mean",
+    **agg_kwargs,
+) -> tuple[torch.Tensor, Metrics]:
+    """On-policy self-distillation by reverse KL (the OPSD baseline, used without the GRPO term).
+
+        k_t = s_t - t_t = -Delta_t            (value: per-token reverse-KL estimate)
+        grad l_t = k_t * grad s_t             (REINFORCE form of grad KL(pi_s || pi_t))
+
+    implemented as ``l_t = k_t + sg(k_t) * (s_t - sg(s_t))`` so the value is the KL estimate and
+    the gradient is the score-function estimate.
+    """
+    mask = _check(response_mask, student_log_probs, teacher_log_probs)
+    s = _clean(student_log_probs, mask)
+    t = _clean(teacher_log_probs.detach(), mask)
+    k = (s - t).detach()
+    loss = aggregate(k + k * (s - s.detach()), mask, loss_agg_mode, **agg_kwargs)
+    metrics = gap_statistics(-k, torch.full_like(k, 1.0), mask)
+    metrics.pop("gate_mean")
+    metrics.pop("gate_active_ratio")
+    metrics["loss"] = loss.detach()
+    return loss, metrics
+
+
+def rlsd_token_advantages(
+    advantages: torch.Tensor,
+    student_log_probs: torch.Tensor,
+    teacher_log_probs: torch.Tensor,
+    response_mask: torch.Tensor,
+    *,
+    mix: float = 0.5,
+    clip_eps: float = 0.2,
+) -> torch.Tensor:
+    """RLSD token advantages (baseline): the outcome advantage reweighted by the teacher's verdict.
+
+        A_t = A * ((1 - l) + l * clip(exp(sign(A) * Delta_t), 1 - eps, 1 + eps))
+
+    with ``l = mix`` and ``eps = clip_eps``. Masked positions get 0. No gradient flows.
+    """
+    if not 0.0 <= mix <= 1.0:
+        raise ValueError(f"mix must be in [0, 1], got {mix}")
+    if clip_eps < 0:
+        raise ValueError(f"clip_eps must be >= 0, got {clip_eps}")
+    mask = _check(response_mask, advantages, student_log_probs, teacher_log_probs)
+    s = _clean(student_log_probs.detach(), mask)
+    t = _clean(teacher_log_probs.detach(), mask)
+    a = torch.where(mask, advantages.detach(), torch.zeros_like(advantages))
+    weight = torch.clamp(torch.exp(torch.sign(a) * (t - s)), 1 - clip_eps, 1 + clip_eps)
+    return torch.where(mask, a * ((1 - mix) + mix * weight), torch.zeros_like(a))
+
+
+def skill_sd_loss(
+    student_log_probs: torch.Tensor,
+    teacher_log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    response_mask: torch.Tensor,
+    *,
+    loss_agg_mode: str = "token-mean",
+    **agg_kwargs,
+) -> tuple[torch.Tensor, Metrics]:
+    """Skill-SD distillation term (baseline): importance-weighted k3 estimate of KL to the teacher.
+
+        d_t   = s_t - t_t
+        k3_t  = exp(-d_t) - 1 + d_t
+        rho_t = exp(s_t - old_t)
+        L     = Agg(rho_t * k3_t)
+
+    The gradient flows through ``s_t`` in both factors; teacher and old log-probs are constants.
+    """
+    mask = _check(response_mask, student_log_probs, teacher_log_probs, old_log_probs)
+    s = _clean(student_log_probs, mask)
+    t = _clean(teacher_log_probs.detach(), mask)
+    old = _clean(old_log_probs.detach(), mask)
+    d = s - t
+    k3 = torch.exp(-d) - 1 + d
+    rho = torch.exp(s - old)
+    loss = aggregate(rho * k3, mask, loss_agg_mode, **agg_kwargs)
+    k3_mean, _ = _masked_mean_std(k3.detach(), mask)
+    gap_mean, gap_std = _masked_mean_std(-d.detach(), mask)
+    return loss, {"k3_mean": k3_mean, "gap_mean": gap_mean, "gap_std": gap_std, "loss": loss.detach()}

@@ -1,0 +1,193 @@
+"""The SDAR trainer: verl's synchronous V1 trainer plus a teacher log-prob pass and the SDAR loss.
+
+Registered as ``trainer.v1.trainer_mode=sdar`` (``algorithm=sdar`` selects it). One step:
+
+1. rollout (verl's agent loops), reward, batch balancing           -- verl
+2. ``old_log_probs``                                               -- verl
+3. teacher pass: each row's prompt gets its privileged block; the  -- here
+   actor's own ``compute_log_prob`` (same, pre-update weights)
+   scores the unchanged response -> ``teacher_log_probs``
+4. reference log-probs, GRPO advantages                            -- verl
+   (RLSD reweights them per token, OPSD zeroes them)               -- here
+5. actor update with ``ppo_loss + coef * objective`` (``loss.py``)  -- verl + here
+
+Teacher rows travel through TransferQueue in their own partition and are cleared after use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import torch
+import transfer_queue as tq
+from tensordict import NonTensorStack, TensorDict
+from transfer_queue import KVBatchMeta
+from verl.trainer.ppo.v1.trainer_base import register_trainer
+from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.utils.config import omega_conf_to_dataclass
+from verl.utils.debug import marked_timer
+from verl.workers.utils.padding import response_from_nested, response_to_nested
+
+from .config import TRAINER_MODE, SDARConfig
+from .loss import make_actor_loss
+from .objectives import compute_gate, gap_statistics, rlsd_token_advantages
+from .teacher import PrivilegedBlocks, build_teacher_rows, privileged_texts
+
+logger = logging.getLogger(__name__)
+logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
+
+TEACHER_PARTITION = "sdar_teacher"
+# Fields recomputed for the teacher row; every other field of the student row is carried over.
+_SEQUENCE_FIELDS = ("input_ids", "prompts", "attention_mask", "position_ids")
+
+
+def _rows(value) -> list:
+    """A stored field as a list of per-row values (tensors for nested/stacked, objects otherwise)."""
+    if isinstance(value, torch.Tensor):
+        return list(value.unbind(0))
+    if isinstance(value, NonTensorStack):
+        return value.tolist()
+    return list(value)
+
+
+def _nested(rows: list[torch.Tensor]) -> torch.Tensor:
+    return torch.nested.as_nested_tensor(rows, layout=torch.jagged)
+
+
+@register_trainer(TRAINER_MODE)
+class SDARTrainer(PPOTrainerSync):
+    """Synchronous PPO/GRPO trainer with SDAR's teacher pass and objective (see module docstring)."""
+
+    def __init__(self, config):
+        from .plugin import check_registered
+
+        check_registered()
+        self.sdar: SDARConfig = SDARConfig.from_config(config)
+        super().__init__(config)
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self):
+        super()._setup()
+        if self.sdar.needs_teacher:
+            self.privileged_blocks = PrivilegedBlocks(self.tokenizer, header=self.sdar.privileged.header)
+        if self.sdar.adds_loss_term:
+            actor_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.actor)
+            self.actor_rollout_wg.set_loss_fn(make_actor_loss(actor_config, self.sdar))
+            logger.info("verl-sdar: actor loss = ppo_loss + %s * %s term", self.sdar.coef, self.sdar.objective)
+
+    # ------------------------------------------------------------ teacher pass
+    def _compute_old_log_prob(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        batch = super()._compute_old_log_prob(batch, metrics)
+        if self.sdar.needs_teacher:
+            with marked_timer("teacher", self.timing_raw, color="purple"):
+                batch = self._compute_teacher_log_prob(batch, metrics)
+        return batch
+
+    def _compute_teacher_log_prob(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        """Score each row's response under its privileged prompt with the actor's current weights."""
+        start = time.perf_counter()
+        rows = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id)
+        for name in ("position_ids",):
+            if name in rows.keys() and any(r.dim() != 1 for r in _rows(rows[name])):
+                raise NotImplementedError("verl-sdar: multimodal (multi-axis rope) position ids are not supported yet")
+
+        texts = privileged_texts(_rows(rows["extra_info"]), self.sdar.privileged.key)
+        blocks = [self.privileged_blocks(text) for text in texts]
+        built = build_teacher_rows(
+            _rows(rows["prompts"]), _rows(rows["responses"]), blocks, self.privileged_blocks.bos_token_id
+        )
+
+        teacher = rows.exclude(*_SEQUENCE_FIELDS, "old_log_probs", "entropy", "log_probs")
+        teacher["input_ids"] = _nested(built.input_ids)
+        teacher["prompts"] = _nested(built.prompts)
+        teacher["attention_mask"] = _nested(built.attention_mask)
+        teacher["position_ids"] = _nested(built.position_ids)
+        tags = []
+        for tag, prompt, ids in zip(batch.tags, built.prompts, built.input_ids):
+            tag = dict(tag)
+            tag.update(prompt_len=int(prompt.numel()), seq_len=int(ids.numel()))
+            tags.append(tag)
+
+        tq.kv_batch_put(keys=batch.keys, partition_id=TEACHER_PARTITION, fields=teacher, tags=tags)
+        try:
+            extra_info = dict(batch.extra_info)
+            extra_info.update(
+                calculate_entropy=False,
+                compute_loss=False,
+                temperature=self.config.actor_rollout_ref.rollout.temperature,
+            )
+            meta = KVBatchMeta(partition_id=TEACHER_PARTITION, keys=list(batch.keys), tags=tags, extra_info=extra_info)
+            output = self.actor_rollout_wg.compute_log_prob(meta)
+            if len(output) != len(batch):
+                raise RuntimeError(f"teacher pass returned {len(output)} rows for {len(batch)}")
+            scored = tq.kv_batch_get(
+                keys=batch.keys, partition_id=TEACHER_PARTITION, select_fields=["log_probs", "response_mask"]
+            )
+            teacher_log_probs = response_from_nested(scored["log_probs"], scored["response_mask"])
+        finally:
+            tq.kv_clear(keys=batch.keys, partition_id=TEACHER_PARTITION)
+
+        tq.kv_batch_put(
+            keys=batch.keys,
+            partition_id=batch.partition_id,
+            fields=TensorDict({"teacher_log_probs": teacher_log_probs}, batch_size=len(batch)),
+        )
+        metrics.update(self._teacher_metrics(batch, rows, teacher_log_probs, texts, built.inserted_tokens))
+        metrics["sdar/teacher_pass_s"] = time.perf_counter() - start
+        return batch
+
+    def _teacher_metrics(self, batch, rows, teacher_log_probs, texts, inserted_tokens) -> dict[str, float]:
+        """Gap / gate statistics at the pre-update policy over real (non-padding) rows."""
+        real = [i for i, tag in enumerate(batch.tags) if not tag.get("is_padding", False)]
+        if not real:
+            return {}
+        padded = TensorDict(
+            {
+                "old": _nested([_rows(rows["old_log_probs"])[i] for i in real]),
+                "teacher": _nested([_rows(teacher_log_probs)[i] for i in real]),
+                "mask": _nested([_rows(rows["response_mask"])[i] for i in real]),
+                "entropy": _nested([_rows(rows["entropy"])[i] for i in real]),
+            },
+            batch_size=len(real),
+        ).to_padded_tensor()
+        mask = padded["mask"].bool()
+        gap = (padded["teacher"] - padded["old"]).masked_fill(~mask, 0.0)
+        gate = compute_gate(gap, beta=self.sdar.beta, gate=self.sdar.gate, entropy=padded["entropy"])
+        stats = gap_statistics(gap, gate, mask)
+        metrics = {f"sdar/{k}": float(v) for k, v in stats.items()}
+        with_text = [i for i in real if texts[i]]
+        metrics["sdar/rows_with_privileged"] = len(with_text) / len(real)
+        metrics["sdar/privileged_tokens_mean"] = sum(inserted_tokens[i] for i in real) / len(real)
+        return metrics
+
+    # -------------------------------------------------------------- advantages
+    def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        batch = super()._compute_advantage(batch, metrics)
+        if self.sdar.objective not in ("rlsd", "opsd"):
+            return batch
+        fields = ["advantages", "response_mask", "old_log_probs", "teacher_log_probs"]
+        rows = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+        nested_mask = rows["response_mask"]
+        padded = rows.to_padded_tensor()
+        mask = padded["response_mask"].bool()
+        if self.sdar.objective == "opsd":
+            advantages = torch.zeros_like(padded["advantages"])
+        else:
+            mix = self.sdar.rlsd.mix_at(self.global_steps)
+            advantages = rlsd_token_advantages(
+                padded["advantages"],
+                padded["old_log_probs"],
+                padded["teacher_log_probs"],
+                mask,
+                mix=mix,
+                clip_eps=self.sdar.rlsd.clip_eps,
+            )
+            metrics["sdar/rlsd_mix"] = mix
+        tq.kv_batch_put(
+            keys=batch.keys,
+            partition_id=batch.partition_id,
+            fields=TensorDict({"advantages": response_to_nested(advantages, nested_mask)}, batch_size=len(batch)),
+        )
+        return batch
