@@ -31,14 +31,16 @@ def _register() -> None:
             f"install the pinned version: pip install verl=={PINNED_VERL_VERSION}"
         )
     # The CPU platform must be registered before anything resolves verl's platform singleton,
-    # which importing the trainer does: cpu first.
-    from . import cpu
+    # which importing the trainer does: CPU registration first. The submodule is imported (not
+    # the ``cpu`` package's attributes) so this also completes when a process's first import was
+    # ``verl_sdar.cpu...`` and that package is still initialising.
+    from .cpu import registration as cpu_registration
     from .config import TRAINER_MODE
     from . import trainer  # noqa: F401  (registers the trainer)
     from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
 
     missing = [] if TRAINER_MODE in TRAINER_REGISTRY else [f"trainer '{TRAINER_MODE}'"]
-    missing.extend(cpu.missing_registrations())
+    missing.extend(cpu_registration.missing_registrations())
     if missing:
         raise PluginRegistrationError("verl-sdar registrations missing after import: " + ", ".join(missing))
     os.environ["VERL_SDAR_PLUGIN_LOADED"] = "1"

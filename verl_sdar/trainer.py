@@ -159,6 +159,11 @@ class SDARTrainer(PPOTrainerSync):
         metrics = {f"sdar/{k}": float(v) for k, v in stats.items()}
         with_text = [i for i in real if texts[i]]
         metrics["sdar/rows_with_privileged"] = len(with_text) / len(real)
+        plain = torch.tensor([not texts[i] for i in real])
+        if plain.any():
+            # Self-check of the teacher pass: without privileged text the teacher sequence is the
+            # student's, so this must be ~0 (float noise from different micro-batching only).
+            metrics["sdar/plain_rows_gap_abs_max"] = float(gap[plain].abs().max())
         metrics["sdar/privileged_tokens_mean"] = sum(inserted_tokens[i] for i in real) / len(real)
         return metrics
 

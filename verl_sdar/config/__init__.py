@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from ..objectives import GATES
@@ -168,7 +169,7 @@ class SDARConfig:
         return sdar
 
 
-class ValidateOnJobStart:
+class ValidateOnJobStart(Callback):
     """Hydra callback (``hydra.callbacks``): validate ``sdar.*`` before the job starts Ray."""
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:

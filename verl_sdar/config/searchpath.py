@@ -7,8 +7,10 @@ one line after ``_self_``::
 
     - optional algorithm: null
 
-``optional ... null`` selects nothing, so without ``algorithm=...`` the composed config is exactly
-stock verl's. The copy is regenerated whenever the installed file changes (its hash is in the
+and a ``hydra.callbacks`` entry that fills in the CPU settings when ``trainer.device=cpu``
+(``verl_sdar.cpu.defaults.CPUDefaultsCallback``; it changes nothing on other devices).
+``optional ... null`` selects nothing and ``hydra.*`` is not part of the job's config, so without
+``algorithm=...`` the composed config is exactly stock verl's. The copy is regenerated whenever the installed file changes (its hash is in the
 folder name); nothing of verl is stored in this repository.
 """
 
@@ -23,6 +25,12 @@ from pathlib import Path
 
 PRIMARY_CONFIG = "ppo_trainer.yaml"
 INSERTED_LINE = "optional algorithm: null"
+CPU_CALLBACK = """
+hydra:
+  callbacks:
+    verl_sdar_cpu_defaults:
+      _target_: verl_sdar.cpu.defaults.CPUDefaultsCallback
+"""
 _SELF_LINE = re.compile(r"^(\s*)- _self_\s*$")
 
 
@@ -39,7 +47,8 @@ def verl_config_dir() -> Path:
 
 
 def add_algorithm_group(text: str) -> str:
-    """Return ``text`` (a primary config) with ``- optional algorithm: null`` after ``- _self_``."""
+    """Return ``text`` (a primary config) with ``- optional algorithm: null`` after ``- _self_``
+    and the CPU-defaults Hydra callback."""
     lines = text.splitlines(keepends=True)
     hits = [i for i, line in enumerate(lines) if _SELF_LINE.match(line)]
     if len(hits) != 1:
@@ -49,9 +58,11 @@ def add_algorithm_group(text: str) -> str:
         )
     if any(re.match(r"^\s*- (optional )?algorithm\s*:", line) for line in lines):
         raise VerlConfigChanged(f"verl's {PRIMARY_CONFIG} already has an 'algorithm' defaults entry")
+    if any(line.startswith("hydra:") for line in lines):
+        raise VerlConfigChanged(f"verl's {PRIMARY_CONFIG} now has a top-level 'hydra' key")
     indent = _SELF_LINE.match(lines[hits[0]]).group(1)
     lines.insert(hits[0] + 1, f"{indent}- {INSERTED_LINE}\n")
-    return "".join(lines)
+    return "".join(lines).rstrip("\n") + "\n" + CPU_CALLBACK
 
 
 def _cache_root() -> Path:

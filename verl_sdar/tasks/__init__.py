@@ -1,0 +1,1 @@
+"""Small offline tasks that ship with verl-sdar (demo and tests)."""
