@@ -36,10 +36,13 @@ def _register() -> None:
     # ``verl_sdar.cpu...`` and that package is still initialising.
     from .cpu import registration as cpu_registration
     from .config import TRAINER_MODE
-    from . import trainer  # noqa: F401  (registers the trainer)
+    from . import trainer  # registers the trainer
     from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
 
-    missing = [] if TRAINER_MODE in TRAINER_REGISTRY else [f"trainer '{TRAINER_MODE}'"]
+    # When a process's first import is ``verl_sdar.trainer`` itself, ``import verl`` inside it runs
+    # this entry point while the trainer module is still initialising: it registers on completion.
+    trainer_initialising = getattr(getattr(trainer, "__spec__", None), "_initializing", False)
+    missing = [] if TRAINER_MODE in TRAINER_REGISTRY or trainer_initialising else [f"trainer '{TRAINER_MODE}'"]
     missing.extend(cpu_registration.missing_registrations())
     if missing:
         raise PluginRegistrationError("verl-sdar registrations missing after import: " + ", ".join(missing))

@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
 
 TEACHER_PARTITION = "sdar_teacher"
+TASK_TYPE_KEY = "task_type"  # extra_info field used for per-task-type gate metrics (verl-agent convention)
 # Fields recomputed for the teacher row; every other field of the student row is carried over.
 _SEQUENCE_FIELDS = ("input_ids", "prompts", "attention_mask", "position_ids")
 
@@ -71,7 +72,10 @@ class SDARTrainer(PPOTrainerSync):
     def _setup(self):
         super()._setup()
         if self.sdar.needs_teacher:
-            self.privileged_blocks = PrivilegedBlocks(self.tokenizer, header=self.sdar.privileged.header)
+            privileged = self.sdar.privileged
+            self.privileged_blocks = PrivilegedBlocks(
+                self.tokenizer, header=privileged.header, role=privileged.role, placement=privileged.placement
+            )
         if self.sdar.adds_loss_term:
             actor_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.actor)
             self.actor_rollout_wg.set_loss_fn(make_actor_loss(actor_config, self.sdar))
@@ -93,10 +97,28 @@ class SDARTrainer(PPOTrainerSync):
             if name in rows.keys() and any(r.dim() != 1 for r in _rows(rows[name])):
                 raise NotImplementedError("verl-sdar: multimodal (multi-axis rope) position ids are not supported yet")
 
-        texts = privileged_texts(_rows(rows["extra_info"]), self.sdar.privileged.key)
+        extra_infos = _rows(rows["extra_info"])
+        texts = privileged_texts(extra_infos, self.sdar.privileged.key)
         blocks = [self.privileged_blocks(text) for text in texts]
+        prompts = _rows(rows["prompts"])
+        insert_at, cut_from = [], []
+        for prompt, block in zip(prompts, blocks):
+            if block:
+                ids = prompt.tolist()
+                k = self.privileged_blocks.insertion_index(ids)
+                insert_at.append(k)
+                cut_from.append(self.privileged_blocks.cut_index(ids, k))
+            else:
+                insert_at.append(0)
+                cut_from.append(0)
         built = build_teacher_rows(
-            _rows(rows["prompts"]), _rows(rows["responses"]), blocks, self.privileged_blocks.bos_token_id
+            prompts,
+            _rows(rows["responses"]),
+            blocks,
+            insert_at,
+            cut_from=cut_from,
+            max_prompt_length=self.sdar.teacher.max_prompt_length,
+            keep_tail=self.privileged_blocks.tail_length,
         )
 
         teacher = rows.exclude(*_SEQUENCE_FIELDS, "old_log_probs", "entropy", "log_probs")
@@ -134,11 +156,11 @@ class SDARTrainer(PPOTrainerSync):
             partition_id=batch.partition_id,
             fields=TensorDict({"teacher_log_probs": teacher_log_probs}, batch_size=len(batch)),
         )
-        metrics.update(self._teacher_metrics(batch, rows, teacher_log_probs, texts, built.inserted_tokens))
+        metrics.update(self._teacher_metrics(batch, rows, teacher_log_probs, texts, built, extra_infos))
         metrics["sdar/teacher_pass_s"] = time.perf_counter() - start
         return batch
 
-    def _teacher_metrics(self, batch, rows, teacher_log_probs, texts, inserted_tokens) -> dict[str, float]:
+    def _teacher_metrics(self, batch, rows, teacher_log_probs, texts, built, extra_infos) -> dict[str, float]:
         """Gap / gate statistics at the pre-update policy over real (non-padding) rows."""
         real = [i for i, tag in enumerate(batch.tags) if not tag.get("is_padding", False)]
         if not real:
@@ -164,7 +186,15 @@ class SDARTrainer(PPOTrainerSync):
             # Self-check of the teacher pass: without privileged text the teacher sequence is the
             # student's, so this must be ~0 (float noise from different micro-batching only).
             metrics["sdar/plain_rows_gap_abs_max"] = float(gap[plain].abs().max())
-        metrics["sdar/privileged_tokens_mean"] = sum(inserted_tokens[i] for i in real) / len(real)
+        metrics["sdar/privileged_tokens_mean"] = sum(built.inserted_tokens[i] for i in real) / len(real)
+        metrics["sdar/teacher_rows_truncated"] = sum(built.truncated[i] for i in real) / len(real)
+        metrics["sdar/teacher_removed_tokens_mean"] = sum(built.removed_context_tokens[i] for i in real) / len(real)
+        task_types = [extra_infos[i].get(TASK_TYPE_KEY) if isinstance(extra_infos[i], dict) else None for i in real]
+        for task_type in sorted({t for t in task_types if t is not None}, key=str):
+            rows_of_type = torch.tensor([t == task_type for t in task_types])
+            type_stats = gap_statistics(gap[rows_of_type], gate[rows_of_type], mask[rows_of_type])
+            for key in ("gate_mean", "gate_active_ratio", "gap_mean"):
+                metrics[f"sdar/task_type/{task_type}/{key}"] = float(type_stats[key])
         return metrics
 
     # -------------------------------------------------------------- advantages

@@ -18,6 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..objectives import GATES
 
+PLACEMENTS = ("start", "before_last_user")  # same as verl_sdar.teacher.PLACEMENTS (kept torch-free here)
+
 OBJECTIVES = ("none", "sdar", "opsd", "rlsd", "skill_sd")
 TRAINER_MODE = "sdar"
 
@@ -35,10 +37,27 @@ class PrivilegedConfig:
             text (e.g. retrieved skills). An empty string in a row means "no privileged context":
             the teacher then sees exactly the student's prompt. A row without the field is an error.
         header: text placed before the privileged text inside the inserted block.
+        role: chat role of the inserted block (``system`` or ``user``).
+        placement: ``start`` (first turn) or ``before_last_user`` (just before the last user turn).
     """
 
     key: str = "privileged"
     header: str = "Useful knowledge for this task:\n"
+    role: str = "system"
+    placement: str = "start"
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """Teacher pass settings.
+
+    Attributes:
+        max_prompt_length: token budget of a teacher prompt (student prompt + privileged block);
+            None = no limit. Over budget, the oldest context after the block is removed (never the
+            block, never the response) and the row is counted in ``sdar/teacher_rows_truncated``.
+    """
+
+    max_prompt_length: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -80,7 +99,8 @@ class SDARConfig:
         coef: lambda, the weight of ``L_obj`` (paper: 0.01 for SDAR, 0.001 for Skill-SD).
         beta: gate sharpness (paper: 5.0; 0 gives a constant gate 0.5).
         gate: ``gap`` | ``entropy`` | ``soft_or`` | ``constant``.
-        privileged: where the teacher's privileged text comes from.
+        privileged: where the teacher's privileged text comes from and how it is inserted.
+        teacher: teacher pass settings (prompt budget).
         rlsd: RLSD settings (used only with ``objective=rlsd``).
     """
 
@@ -89,6 +109,7 @@ class SDARConfig:
     beta: float = 5.0
     gate: str = "gap"
     privileged: PrivilegedConfig = field(default_factory=PrivilegedConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
     rlsd: RLSDConfig = field(default_factory=RLSDConfig)
 
     def __post_init__(self) -> None:
@@ -105,6 +126,15 @@ class SDARConfig:
                 f"sdar.privileged.key: objective {self.objective!r} needs a privileged-text source; "
                 "set sdar.privileged.key to the extra_info field holding it"
             )
+        if self.privileged.placement not in PLACEMENTS:
+            raise SDARConfigError(
+                f"sdar.privileged.placement: unknown placement {self.privileged.placement!r}; expected one of {PLACEMENTS}"
+            )
+        if self.privileged.role not in ("system", "user"):
+            raise SDARConfigError(f"sdar.privileged.role must be 'system' or 'user', got {self.privileged.role!r}")
+        budget = self.teacher.max_prompt_length
+        if budget is not None and not (isinstance(budget, int) and budget > 0):
+            raise SDARConfigError(f"sdar.teacher.max_prompt_length must be a positive integer or null, got {budget!r}")
         if not 0.0 <= self.rlsd.mix <= 1.0:
             raise SDARConfigError(f"sdar.rlsd.mix must be in [0, 1], got {self.rlsd.mix!r}")
         if self.rlsd.clip_eps < 0:
@@ -126,7 +156,7 @@ class SDARConfig:
     def from_dict(cls, raw: dict[str, Any]) -> SDARConfig:
         """Build from a plain mapping; unknown keys are errors that name the key."""
         raw = dict(raw)
-        sub = {"privileged": PrivilegedConfig, "rlsd": RLSDConfig}
+        sub = {"privileged": PrivilegedConfig, "teacher": TeacherConfig, "rlsd": RLSDConfig}
         kwargs: dict[str, Any] = {}
         known = {f.name for f in dataclasses.fields(cls)}
         for key, value in raw.items():
