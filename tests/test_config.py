@@ -90,12 +90,29 @@ def test_without_algorithm_the_config_is_stock_verl(monkeypatch):
         ("+sdar.typo=1", "sdar.typo"),
         ("sdar.rlsd.mix=1.5", "sdar.rlsd.mix"),
         ("trainer.v1.trainer_mode=sync", "trainer.v1.trainer_mode"),
+        ("sdar.privileged.placement=middle", "sdar.privileged.placement"),
+        ("sdar.teacher.max_prompt_length=0", "sdar.teacher.max_prompt_length"),
+        ("sdar.privileged.source=db", "sdar.privileged.source"),
+        ("sdar.privileged.source=skills", "sdar.skills.library"),
+        ("sdar.privileged.source=skills sdar.skills.library=/nonexistent/lib", "sdar.skills.library"),
+        ("sdar.privileged.source=skills sdar.skills.library=envs/codeword/skills sdar.skills.strategy=best",
+         "sdar.skills.strategy"),
     ],
 )
-def test_bad_values_fail_with_a_message_naming_the_key(override, key):
-    cfg = composed("algorithm=rlsd" if "rlsd" in override else "algorithm=sdar", override)
+def test_bad_values_fail_with_a_message_naming_the_key(override, key, monkeypatch):
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    group = "algorithm=rlsd" if "rlsd" in override else "algorithm=sdar"
+    cfg = composed(group, *override.split())
     with pytest.raises(SDARConfigError, match=key.replace(".", r"\.")):
         SDARConfig.from_config(cfg)
+
+
+def test_skill_library_source_validates_and_loads_the_library(monkeypatch):
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cfg = composed("algorithm=sdar", "sdar.privileged.source=skills", "sdar.skills.library=envs/codeword/skills",
+                   "sdar.skills.strategy=ucb")
+    sdar = SDARConfig.from_config(cfg)
+    assert (sdar.privileged.source, sdar.skills.strategy) == ("skills", "ucb")
 
 
 def test_sdar_trainer_without_sdar_settings_is_an_error():

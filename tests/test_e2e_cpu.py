@@ -135,3 +135,30 @@ def test_resume_continues_the_step_count(first_run, work):
     assert "sdar/gate_mean" in records[0]["data"]
     assert records[0]["data"]["sdar/rows_with_privileged"] == pytest.approx(0.5)
     assert (work / "checkpoints" / "codeword_sdar" / "global_step_3").exists()
+
+
+def test_skills_ucb_state_is_checkpointed_and_restored(work):
+    """Privileged text from the shipped code-word skill library with UCB retrieval; its bandit
+    statistics are saved with the checkpoint and restored on resume."""
+    library = REPO / "envs" / "codeword" / "skills"
+    common = (
+        "sdar.privileged.source=skills", f"sdar.skills.library={library}", "sdar.skills.strategy=ucb",
+        "trainer.experiment_name=codeword_ucb", "trainer.save_freq=1", "trainer.test_freq=-1",
+        "trainer.val_before_train=false",
+    )
+    first = run_main_ppo(work, "ucb", *common, "trainer.total_training_steps=1")
+    assert first[0]["data"]["sdar/rows_with_privileged"] == 1.0  # every row gets retrieved skills
+    assert first[0]["data"]["sdar/skills/unknown_task_type_rows"] == 0.0
+    ckpt = work / "checkpoints" / "codeword_ucb"
+    state_1 = json.loads((ckpt / "global_step_1" / "sdar_state.json").read_text())["retriever"]
+    assert state_1["strategy"] == "ucb"
+    second = run_main_ppo(work, "ucb_resume", *common, "trainer.total_training_steps=2")
+    assert [r["step"] for r in second] == [2]
+    assert "restored skill retriever state" in (work / "ucb_resume.log").read_text()
+    state_2 = json.loads((ckpt / "global_step_2" / "sdar_state.json").read_text())["retriever"]
+
+    def total_pulls(state):
+        return sum(sum(b["pulls"]) for b in state["bandits"].values()) + sum(state["fallback"]["pulls"])
+
+    # step 2 continued from step 1's statistics: it counts step 1's pulls plus its own
+    assert total_pulls(state_2) == 2 * total_pulls(state_1) > 0

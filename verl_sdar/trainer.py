@@ -16,6 +16,7 @@ Teacher rows travel through TransferQueue in their own partition and are cleared
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -33,6 +34,7 @@ from verl.workers.utils.padding import response_from_nested, response_to_nested
 from .config import TRAINER_MODE, SDARConfig
 from .loss import make_actor_loss
 from .objectives import compute_gate, gap_statistics, rlsd_token_advantages
+from .skills import Retrieval, Retriever, SkillLibrary, make_retriever
 from .teacher import PrivilegedBlocks, build_teacher_rows, privileged_texts
 
 logger = logging.getLogger(__name__)
@@ -40,6 +42,7 @@ logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
 
 TEACHER_PARTITION = "sdar_teacher"
 TASK_TYPE_KEY = "task_type"  # extra_info field used for per-task-type gate metrics (verl-agent convention)
+STATE_FILE = "sdar_state.json"  # trainer-side SDAR state (skill retriever) inside each global_step_N folder
 # Fields recomputed for the teacher row; every other field of the student row is carried over.
 _SEQUENCE_FIELDS = ("input_ids", "prompts", "attention_mask", "position_ids")
 
@@ -51,6 +54,14 @@ def _rows(value) -> list:
     if isinstance(value, NonTensorStack):
         return value.tolist()
     return list(value)
+
+
+def _last_user_text(messages) -> str | None:
+    """Content of the last user message of a chat prompt (a list of role/content dicts)."""
+    for message in reversed(list(messages or [])):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return str(message.get("content", ""))
+    return None
 
 
 def _nested(rows: list[torch.Tensor]) -> torch.Tensor:
@@ -70,6 +81,13 @@ class SDARTrainer(PPOTrainerSync):
 
     # ------------------------------------------------------------------ setup
     def _setup(self):
+        # The retriever exists before verl's _setup, which loads a checkpoint (and our state with it).
+        self.retriever: Retriever | None = None
+        if self.sdar.needs_teacher and self.sdar.privileged.source == "skills":
+            skills = self.sdar.skills
+            self.retriever = make_retriever(
+                skills.strategy, SkillLibrary.load(skills.library), seed=skills.seed, ucb_c=skills.ucb_c
+            )
         super()._setup()
         if self.sdar.needs_teacher:
             privileged = self.sdar.privileged
@@ -98,7 +116,10 @@ class SDARTrainer(PPOTrainerSync):
                 raise NotImplementedError("verl-sdar: multimodal (multi-axis rope) position ids are not supported yet")
 
         extra_infos = _rows(rows["extra_info"])
-        texts = privileged_texts(extra_infos, self.sdar.privileged.key)
+        if self.retriever is None:
+            texts = privileged_texts(extra_infos, self.sdar.privileged.key)
+        else:
+            texts = self._retrieve_skills(batch, rows, extra_infos, metrics)
         blocks = [self.privileged_blocks(text) for text in texts]
         prompts = _rows(rows["prompts"])
         insert_at, cut_from = [], []
@@ -159,6 +180,64 @@ class SDARTrainer(PPOTrainerSync):
         metrics.update(self._teacher_metrics(batch, rows, teacher_log_probs, texts, built, extra_infos))
         metrics["sdar/teacher_pass_s"] = time.perf_counter() - start
         return batch
+
+    def _retrieve_skills(self, batch, rows, extra_infos, metrics: dict) -> list[str]:
+        """Privileged text of each row from the skill library; UCB learns from the rows' rewards.
+
+        Each real row's outcome (its summed token-level score, i.e. the episode reward written on
+        the row) is fed back for the skills retrieved for it.
+        """
+        key = self.sdar.skills.task_type_key
+        raw_prompts = _rows(rows["raw_prompt"]) if "raw_prompt" in rows.keys() else None
+        scores = _rows(rows["rm_scores"]) if "rm_scores" in rows.keys() else None
+        self.retriever.reset_counts()
+        texts, retrievals = [], []
+        for i, info in enumerate(extra_infos):
+            task_type = info.get(key) if isinstance(info, dict) else None
+            prompt_text = None
+            if self.sdar.skills.strategy == "keyword":
+                prompt_text = _last_user_text(raw_prompts[i]) if raw_prompts is not None else None
+                if prompt_text is None:
+                    prompt_text = self.tokenizer.decode(_rows(rows["prompts"])[i].tolist(), skip_special_tokens=True)
+            retrieval: Retrieval = self.retriever.retrieve(prompt=prompt_text, task_type=task_type)
+            texts.append(retrieval.text)
+            retrievals.append(retrieval)
+        real = [i for i, tag in enumerate(batch.tags) if not tag.get("is_padding", False)]
+        if scores is not None:
+            for i in real:
+                self.retriever.update(retrievals[i], float(scores[i].sum()))
+        unknown = sum(self.retriever.unknown.values())
+        metrics["sdar/skills/unknown_task_type_rows"] = unknown / max(self.retriever.rows, 1)
+        return texts
+
+    # ------------------------------------------------------------- checkpoint
+    def _save_checkpoint(self):
+        # Written before verl's save, which marks the checkpoint complete (latest_checkpointed_iteration.txt) last.
+        if self.retriever is not None:
+            folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(folder, STATE_FILE), "w") as f:
+                json.dump({"retriever": self.retriever.state_dict()}, f)
+        super()._save_checkpoint()
+
+    def _load_checkpoint(self):
+        super()._load_checkpoint()
+        if self.retriever is None or self.global_steps == 0:
+            return
+        trainer_cfg = self.config.trainer
+        if trainer_cfg.resume_mode == "resume_path":
+            folder = trainer_cfg.resume_from_path
+        else:
+            folder = os.path.join(trainer_cfg.default_local_dir, f"global_step_{self.global_steps}")
+        path = os.path.join(folder, STATE_FILE)
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"resuming from {folder} with sdar.privileged.source=skills, but it has no {STATE_FILE}; "
+                "the skill retriever's state (UCB statistics) would be lost"
+            )
+        with open(path) as f:
+            self.retriever.load_state_dict(json.load(f)["retriever"])
+        logger.info("verl-sdar: restored skill retriever state from %s", path)
 
     def _teacher_metrics(self, batch, rows, teacher_log_probs, texts, built, extra_infos) -> dict[str, float]:
         """Gap / gate statistics at the pre-update policy over real (non-padding) rows."""

@@ -33,18 +33,40 @@ class PrivilegedConfig:
     """Where the teacher's privileged text comes from.
 
     Attributes:
-        key: name of the field inside each dataset row's ``extra_info`` that holds the privileged
-            text (e.g. retrieved skills). An empty string in a row means "no privileged context":
-            the teacher then sees exactly the student's prompt. A row without the field is an error.
+        source: ``column`` (each row's ``extra_info[key]``) or ``skills`` (retrieved from the skill
+            library in ``sdar.skills`` for each row).
+        key: with ``source=column``, the field inside each dataset row's ``extra_info`` that holds
+            the privileged text. An empty string in a row means "no privileged context": the
+            teacher then sees exactly the student's prompt. A row without the field is an error.
         header: text placed before the privileged text inside the inserted block.
         role: chat role of the inserted block (``system`` or ``user``).
         placement: ``start`` (first turn) or ``before_last_user`` (just before the last user turn).
     """
 
+    source: str = "column"
     key: str = "privileged"
     header: str = "Useful knowledge for this task:\n"
     role: str = "system"
     placement: str = "start"
+
+
+@dataclass(frozen=True)
+class SkillsConfig:
+    """Skill retrieval for the teacher (``sdar.privileged.source=skills``); see ``verl_sdar.skills``.
+
+    Attributes:
+        library: folder of the skill library (``general/``, ``task_types/``, ``mapping.yaml``).
+        strategy: ``task_type`` | ``keyword`` | ``full`` | ``random`` | ``ucb``.
+        task_type_key: ``extra_info`` field naming a row's task type (``task_type``/``ucb``).
+        seed: RNG seed of ``random``.
+        ucb_c: exploration constant of ``ucb``.
+    """
+
+    library: Optional[str] = None
+    strategy: str = "task_type"
+    task_type_key: str = "task_type"
+    seed: int = 0
+    ucb_c: float = 1.4142135623730951
 
 
 @dataclass(frozen=True)
@@ -109,6 +131,7 @@ class SDARConfig:
     beta: float = 5.0
     gate: str = "gap"
     privileged: PrivilegedConfig = field(default_factory=PrivilegedConfig)
+    skills: SkillsConfig = field(default_factory=SkillsConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     rlsd: RLSDConfig = field(default_factory=RLSDConfig)
 
@@ -121,7 +144,24 @@ class SDARConfig:
             raise SDARConfigError(f"sdar.beta must be a finite number >= 0, got {self.beta!r}")
         if self.gate not in GATES:
             raise SDARConfigError(f"sdar.gate: unknown gate {self.gate!r}; expected one of {GATES}")
-        if self.needs_teacher and not (isinstance(self.privileged.key, str) and self.privileged.key.strip()):
+        if self.privileged.source not in ("column", "skills"):
+            raise SDARConfigError(
+                f"sdar.privileged.source must be 'column' or 'skills', got {self.privileged.source!r}"
+            )
+        if self.needs_teacher and self.privileged.source == "skills":
+            from ..skills import STRATEGIES
+
+            if not self.skills.library:
+                raise SDARConfigError("sdar.skills.library: privileged.source=skills needs a skill library folder")
+            if self.skills.strategy not in STRATEGIES:
+                raise SDARConfigError(
+                    f"sdar.skills.strategy: unknown strategy {self.skills.strategy!r}; expected one of {STRATEGIES}"
+                )
+        if (
+            self.needs_teacher
+            and self.privileged.source == "column"
+            and not (isinstance(self.privileged.key, str) and self.privileged.key.strip())
+        ):
             raise SDARConfigError(
                 f"sdar.privileged.key: objective {self.objective!r} needs a privileged-text source; "
                 "set sdar.privileged.key to the extra_info field holding it"
@@ -156,7 +196,7 @@ class SDARConfig:
     def from_dict(cls, raw: dict[str, Any]) -> SDARConfig:
         """Build from a plain mapping; unknown keys are errors that name the key."""
         raw = dict(raw)
-        sub = {"privileged": PrivilegedConfig, "teacher": TeacherConfig, "rlsd": RLSDConfig}
+        sub = {"privileged": PrivilegedConfig, "skills": SkillsConfig, "teacher": TeacherConfig, "rlsd": RLSDConfig}
         kwargs: dict[str, Any] = {}
         known = {f.name for f in dataclasses.fields(cls)}
         for key, value in raw.items():
@@ -194,6 +234,13 @@ class SDARConfig:
                 "use trainer.v1.trainer_mode=sdar (set by algorithm=sdar) or drop the sdar key"
             )
         sdar = cls.from_dict(OmegaConf.to_container(raw, resolve=True))
+        if sdar.needs_teacher and sdar.privileged.source == "skills":
+            from ..skills import SkillLibrary, SkillLibraryError
+
+            try:
+                SkillLibrary.load(sdar.skills.library)  # a bad library fails here, naming the file
+            except SkillLibraryError as exc:
+                raise SDARConfigError(f"sdar.skills.library: {exc}") from exc
         if not OmegaConf.select(config, "trainer.use_v1", default=True):
             raise SDARConfigError("trainer.use_v1: the SDAR trainer is a V1 trainer; set trainer.use_v1=true")
         return sdar
