@@ -57,34 +57,12 @@ def stdlib_corpus() -> list[str]:
 
 
 def train_bpe(vocab_size: int, out_dir: Path):
-    """A byte-level BPE with Qwen2's pre-tokenisation and the tiny model's ChatML template."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+    """A byte-level BPE (Qwen2 pre-tokenisation, the tiny model's ChatML template) on the stdlib corpus."""
+    from transformers import AutoTokenizer
 
-    from verl_sdar.tiny_model import CHAT_TEMPLATE, IM_END, PAD_TOKEN, SPECIAL_TOKENS
+    from verl_sdar.tiny_model import train_tokenizer
 
-    tok = Tokenizer(models.BPE())
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(stdlib_corpus(), trainer)
-    hf = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=IM_END, pad_token=PAD_TOKEN, clean_up_tokenization_spaces=False
-    )
-    hf.chat_template = CHAT_TEMPLATE
-    hf.save_pretrained(out_dir)
+    train_tokenizer(stdlib_corpus(), vocab_size).save_pretrained(out_dir)
     return AutoTokenizer.from_pretrained(str(out_dir))
 
 

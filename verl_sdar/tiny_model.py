@@ -13,6 +13,7 @@ and EOS), and a Qwen-style ChatML chat template. Everything is written with ``sa
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
 from pathlib import Path
 
 PAD_TOKEN = "<|endoftext|>"
@@ -52,7 +53,12 @@ _CORPUS = (
 
 
 def _train_tokenizer(vocab_size: int):
-    """Byte-level BPE trained on the built-in corpus (deterministic), wrapped for transformers.
+    """Byte-level BPE trained on the built-in corpus (deterministic), wrapped for transformers."""
+    return train_tokenizer(list(_CORPUS) * 4, vocab_size)
+
+
+def train_tokenizer(corpus: Iterable[str], vocab_size: int):
+    """A byte-level BPE trained on ``corpus``, with the ChatML template, wrapped for transformers.
 
     The normalizer and pre-tokenizer are Qwen2's (NFC, Qwen's split regex, byte-level), because
     ``AutoTokenizer`` loads a ``qwen2`` model directory with ``Qwen2Tokenizer``, which installs them.
@@ -76,7 +82,7 @@ def _train_tokenizer(vocab_size: int):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(list(_CORPUS) * 4, trainer)
+    tokenizer.train_from_iterator(corpus, trainer)
     hf_tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         eos_token=IM_END,
