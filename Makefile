@@ -1,5 +1,5 @@
 # verl-sdar: two commands on a fresh machine.
-#   make test   set up .venv (CPU torch, verl, this package) and run the test suite
+#   make test   set up .venv (CPU torch, verl, alfworld, this package) and run the test suite
 #   make demo   set up .venv, build the tiny model + code-word data, run SDAR on CPU via main_ppo
 # Set VENV=... to use another virtual environment (it is created if missing).
 
@@ -19,7 +19,8 @@ $(STAMP): setup.py
 	$(PY) -m pip install -q --upgrade pip
 	# torch first: this pin takes the local CPU build (a plain `torch` would pull CUDA wheels)
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q -e '.[test]' --config-settings editable_mode=compat
+	# alfworld builds jericho and fast-downward from source (a few minutes, gcc + cmake)
+	$(PY) -m pip install -q -e '.[test,alfworld]' --config-settings editable_mode=compat
 	touch $@
 
 test: install

@@ -249,3 +249,20 @@ def test_opsd_value_is_reverse_kl_estimate_and_gradient_is_score_function():
 def test_bad_arguments_raise_clear_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_turn_row_grpo_advantages_match_hand_values():
+    # group a: 3 turn rows of a won episode (10) and 2 of a lost one with one invalid turn (-0.1)
+    scores = torch.tensor([10.0, 10.0, 10.0, 0.0, -0.1, 5.0])
+    groups = ["a", "a", "a", "a", "a", "b"]
+    adv = obj.turn_row_grpo_advantages(scores, groups)
+    a = [10.0, 10.0, 10.0, 0.0, -0.1]
+    mean = sum(a) / 5
+    std = math.sqrt(sum((x - mean) ** 2 for x in a) / 4)
+    for i in range(5):
+        assert adv[i].item() == pytest.approx((a[i] - mean) / (std + 1e-6), rel=1e-5)
+    assert adv[5].item() == pytest.approx(5.0 / (1 + 1e-6))  # single-row group: mean 0, std 1
+    plain = obj.turn_row_grpo_advantages(scores, groups, norm_by_std=False)
+    assert plain[3].item() == pytest.approx(0.0 - mean, rel=1e-5)
+    with pytest.raises(ValueError, match="one score per row"):
+        obj.turn_row_grpo_advantages(scores, groups[:-1])

@@ -34,6 +34,7 @@ __all__ = [
     "rlsd_token_advantages",
     "sdar_loss",
     "skill_sd_loss",
+    "turn_row_grpo_advantages",
 ]
 
 GATES = ("gap", "entropy", "soft_or", "constant")
@@ -265,3 +266,29 @@ def skill_sd_loss(
     k3_mean, _ = _masked_mean_std(k3.detach(), mask)
     gap_mean, gap_std = _masked_mean_std(-d.detach(), mask)
     return loss, {"k3_mean": k3_mean, "gap_mean": gap_mean, "gap_std": gap_std, "loss": loss.detach()}
+
+
+def turn_row_grpo_advantages(
+    scores: torch.Tensor, groups: list, *, norm_by_std: bool = True, eps: float = 1e-6
+) -> torch.Tensor:
+    """Group-normalised outcome advantage over every row of a group (one row per turn).
+
+        A_i = (r_i - mean_g(r)) / (std_g(r) + eps)     (std: unbiased; without norm_by_std: r_i - mean_g)
+
+    ``g`` is row i's group (the rollouts of one task, all their turn rows together, so long episodes
+    weigh more). A group of one row gets ``A = r`` (mean 0, std 1), as in verl's GRPO.
+    """
+    if scores.dim() != 1 or len(groups) != scores.numel():
+        raise ValueError(f"need one score per row: {tuple(scores.shape)} scores, {len(groups)} group ids")
+    out = torch.empty_like(scores, dtype=torch.float32)
+    index: dict = {}
+    for i, g in enumerate(groups):
+        index.setdefault(g, []).append(i)
+    for members in index.values():
+        r = scores[members].float()
+        if len(members) == 1:
+            mean, std = torch.zeros(()), torch.ones(())
+        else:
+            mean, std = r.mean(), r.std()
+        out[members] = (r - mean) / (std + eps) if norm_by_std else r - mean
+    return out

@@ -33,7 +33,7 @@ from verl.workers.utils.padding import response_from_nested, response_to_nested
 
 from .config import TRAINER_MODE, SDARConfig
 from .loss import make_actor_loss
-from .objectives import compute_gate, gap_statistics, rlsd_token_advantages
+from .objectives import compute_gate, gap_statistics, rlsd_token_advantages, turn_row_grpo_advantages
 from .skills import Retrieval, Retriever, SkillLibrary, make_retriever
 from .teacher import PrivilegedBlocks, build_teacher_rows, privileged_texts
 
@@ -172,7 +172,7 @@ class SDARTrainer(PPOTrainerSync):
         finally:
             tq.kv_clear(keys=batch.keys, partition_id=TEACHER_PARTITION)
 
-        tq.kv_batch_put(
+        batch = tq.kv_batch_put(  # the returned meta lists every stored field, the new one included
             keys=batch.keys,
             partition_id=batch.partition_id,
             fields=TensorDict({"teacher_log_probs": teacher_log_probs}, batch_size=len(batch)),
@@ -277,8 +277,38 @@ class SDARTrainer(PPOTrainerSync):
         return metrics
 
     # -------------------------------------------------------------- advantages
+    def _turn_row_grpo_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        """GRPO over all turn rows of each group; row score = episode reward - own invalid penalty."""
+        fields = ["uid", "rm_scores", "response_mask", "extra_fields"]
+        rows = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+        nested_mask = rows["response_mask"]
+        extra = _rows(rows["extra_fields"])
+        penalties = torch.tensor(
+            [float((e or {}).get("invalid_action_penalty", 0.0)) if isinstance(e, dict) else 0.0 for e in extra]
+        )
+        scores = torch.stack([r.float().sum() for r in _rows(rows["rm_scores"])]) - penalties
+        advantages = turn_row_grpo_advantages(
+            scores,
+            [str(u) for u in _rows(rows["uid"])],
+            norm_by_std=self.config.algorithm.get("norm_adv_by_std_in_grpo", True),
+        )
+        mask = nested_mask.to_padded_tensor(0) if nested_mask.is_nested else nested_mask
+        token_adv = advantages[:, None] * mask.to(advantages.dtype)
+        nested = response_to_nested(token_adv, nested_mask)
+        batch = tq.kv_batch_put(  # the returned meta lists every stored field, the new one included
+            keys=batch.keys,
+            partition_id=batch.partition_id,
+            fields=TensorDict({"advantages": nested, "returns": nested.clone()}, batch_size=len(batch)),
+        )
+        real = [i for i, tag in enumerate(batch.tags) if not tag.get("is_padding", False)]
+        metrics["sdar/invalid_action_rows"] = float((penalties[real] > 0).float().mean()) if real else 0.0
+        return batch
+
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
-        batch = super()._compute_advantage(batch, metrics)
+        if self.sdar.multi_turn.turn_row_grpo:
+            batch = self._turn_row_grpo_advantage(batch, metrics)
+        else:
+            batch = super()._compute_advantage(batch, metrics)
         if self.sdar.objective not in ("rlsd", "opsd"):
             return batch
         fields = ["advantages", "response_mask", "old_log_probs", "teacher_log_probs"]
@@ -299,7 +329,7 @@ class SDARTrainer(PPOTrainerSync):
                 clip_eps=self.sdar.rlsd.clip_eps,
             )
             metrics["sdar/rlsd_mix"] = mix
-        tq.kv_batch_put(
+        batch = tq.kv_batch_put(  # the returned meta lists every stored field, the new one included
             keys=batch.keys,
             partition_id=batch.partition_id,
             fields=TensorDict({"advantages": response_to_nested(advantages, nested_mask)}, batch_size=len(batch)),

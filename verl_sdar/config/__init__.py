@@ -70,6 +70,20 @@ class SkillsConfig:
 
 
 @dataclass(frozen=True)
+class MultiTurnConfig:
+    """Advantages for agent loops that return one training row per turn (verl-agent convention).
+
+    Attributes:
+        turn_row_grpo: GRPO statistics over *all* turn rows of a group (the rollouts of one task),
+            each row scored ``episode reward - its own invalid-action penalty``
+            (``extra_fields["invalid_action_penalty"]``, written by the agent loop). Off: verl's
+            stock V1 GRPO (each session's final row, advantage copied to its turns, no penalty).
+    """
+
+    turn_row_grpo: bool = False
+
+
+@dataclass(frozen=True)
 class TeacherConfig:
     """Teacher pass settings.
 
@@ -133,6 +147,7 @@ class SDARConfig:
     privileged: PrivilegedConfig = field(default_factory=PrivilegedConfig)
     skills: SkillsConfig = field(default_factory=SkillsConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    multi_turn: MultiTurnConfig = field(default_factory=MultiTurnConfig)
     rlsd: RLSDConfig = field(default_factory=RLSDConfig)
 
     def __post_init__(self) -> None:
@@ -196,7 +211,13 @@ class SDARConfig:
     def from_dict(cls, raw: dict[str, Any]) -> SDARConfig:
         """Build from a plain mapping; unknown keys are errors that name the key."""
         raw = dict(raw)
-        sub = {"privileged": PrivilegedConfig, "skills": SkillsConfig, "teacher": TeacherConfig, "rlsd": RLSDConfig}
+        sub = {
+            "privileged": PrivilegedConfig,
+            "skills": SkillsConfig,
+            "teacher": TeacherConfig,
+            "multi_turn": MultiTurnConfig,
+            "rlsd": RLSDConfig,
+        }
         kwargs: dict[str, Any] = {}
         known = {f.name for f in dataclasses.fields(cls)}
         for key, value in raw.items():
@@ -241,6 +262,11 @@ class SDARConfig:
                 SkillLibrary.load(sdar.skills.library)  # a bad library fails here, naming the file
             except SkillLibraryError as exc:
                 raise SDARConfigError(f"sdar.skills.library: {exc}") from exc
+        if sdar.multi_turn.turn_row_grpo:
+            if OmegaConf.select(config, "algorithm.adv_estimator") != "grpo":
+                raise SDARConfigError("sdar.multi_turn.turn_row_grpo needs algorithm.adv_estimator=grpo")
+            if OmegaConf.select(config, "algorithm.use_kl_in_reward", default=False):
+                raise SDARConfigError("sdar.multi_turn.turn_row_grpo does not support algorithm.use_kl_in_reward")
         if not OmegaConf.select(config, "trainer.use_v1", default=True):
             raise SDARConfigError("trainer.use_v1: the SDAR trainer is a V1 trainer; set trainer.use_v1=true")
         return sdar

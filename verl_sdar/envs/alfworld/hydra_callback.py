@@ -1,0 +1,46 @@
+"""Hydra callback for ALFWorld recipes: points verl at the packaged agent-loop config.
+
+verl's agent-loop workers (Ray actors) only know agent loops registered in their own process or
+listed in ``actor_rollout_ref.rollout.agent.agent_loop_config_path``. verl-sdar's plugin does not
+import the ALFWorld loop, so the recipe names this file; relative paths are fragile across Ray
+workers, hence the callback writes the absolute path of the packaged
+``verl_sdar/envs/alfworld/agent_loops.yaml`` when the key is unset or ``pkg``, and makes
+``alfworld`` the default agent loop.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+AGENT_LOOPS_YAML = os.path.join(os.path.dirname(os.path.abspath(__file__)), "agent_loops.yaml")
+
+
+AGENT_LOOPS = [{"name": "alfworld", "_target_": "verl_sdar.envs.alfworld.agent_loop.AlfworldAgentLoop"}]
+
+
+def agent_loops_yaml() -> str:
+    """The packaged file; if an install left it out (not in package_data), an equivalent temp file."""
+    if os.path.isfile(AGENT_LOOPS_YAML):
+        return AGENT_LOOPS_YAML
+    import tempfile
+
+    path = os.path.join(tempfile.gettempdir(), "verl_sdar_alfworld_agent_loops.yaml")
+    OmegaConf.save(OmegaConf.create(AGENT_LOOPS), path)
+    return path
+
+
+def apply_alfworld_defaults(config: DictConfig) -> None:
+    key = "actor_rollout_ref.rollout.agent.agent_loop_config_path"
+    if OmegaConf.select(config, key) in (None, "", "pkg"):
+        OmegaConf.update(config, key, agent_loops_yaml(), merge=False, force_add=True)
+    OmegaConf.update(config, "actor_rollout_ref.rollout.agent.default_agent_loop", "alfworld",
+                     merge=False, force_add=True)
+
+
+class AlfworldCallback(Callback):
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        apply_alfworld_defaults(config)
