@@ -71,6 +71,18 @@ _DEFAULTS: tuple[_Default, ...] = (
         "critic.model.override_config.attn_implementation", _ABSENT, lambda c: "sdpa", "no flash-attention on CPU"
     ),
     _Default(
+        "actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype",
+        _ABSENT,
+        lambda c: "fp32",
+        "fp32 compute: bf16 is emulated on most CPUs and would quantise the teacher-student gap",
+    ),
+    _Default(
+        "actor_rollout_ref.ref.fsdp_config.mixed_precision.param_dtype",
+        _ABSENT,
+        lambda c: "fp32",
+        "fp32 compute, as the actor",
+    ),
+    _Default(
         "actor_rollout_ref.rollout.tensor_model_parallel_size", 2, lambda c: 1, "one hf rollout replica per worker"
     ),
     _Default("actor_rollout_ref.rollout.agent.num_workers", 8, lambda c: 1, "fewer processes on few cores"),
@@ -87,7 +99,8 @@ def apply_cpu_defaults(config: DictConfig) -> list[str]:
     """Fill in CPU settings in a composed ``main_ppo`` config with ``trainer.device == "cpu"``.
 
     Sets, unless the user chose otherwise: one worker process (``trainer.n_gpus_per_node=1``), Ray's
-    logical CPUs and one fake GPU per worker slot, FSDP2 for actor/ref/critic, sdpa attention, the
+    logical CPUs and one fake GPU per worker slot, FSDP2 for actor/ref/critic, sdpa attention, fp32
+    compute for actor and reference (FSDP mixed-precision ``param_dtype``), the
     ``hf`` rollout backend (when unset or vLLM/SGLang/TensorRT-LLM) with one replica per worker, and one
     agent-loop worker, one reward worker and no dataloader workers.
 
