@@ -347,3 +347,23 @@ def test_make_retriever_covers_every_strategy_and_rejects_unknown_names(library,
         with pytest.raises(SkillLibraryError, match=f"strategy '{strategy}' needs at least one task-type skill"):
             make_retriever(strategy, lib)
     assert isinstance(make_retriever("ucb", library), UCBRetriever)
+
+
+def test_shipped_alfworld_library_covers_the_six_task_types_and_infers_from_goals():
+    from pathlib import Path
+
+    lib = SkillLibrary.load(Path(__file__).resolve().parents[1] / "envs" / "alfworld" / "skills")
+    assert set(lib.task_skills) == {
+        "pick_and_place_simple", "look_at_obj_in_light", "pick_clean_then_place_in_recep",
+        "pick_heat_then_place_in_recep", "pick_cool_then_place_in_recep", "pick_two_obj_and_place",
+    }
+    goals = {
+        "Your task is to: examine the book with the desklamp.": "look_at_obj_in_light",
+        "Your task is to: put a clean egg in microwave.": "pick_clean_then_place_in_recep",
+        "Your task is to: put a hot mug in countertop.": "pick_heat_then_place_in_recep",
+        "Your task is to: put a cool winebottle in countertop.": "pick_cool_then_place_in_recep",
+        "Your task is to: find two tissuebox and put them in drawer.": "pick_two_obj_and_place",
+        "Your task is to: put some basketball on desk.": None,
+    }
+    for goal, task_type in goals.items():
+        assert lib.infer_task_type(goal) == task_type, goal
