@@ -56,6 +56,11 @@ def _rows(value) -> list:
     return list(value)
 
 
+def _real_rows(tags: list[dict]) -> list[int]:
+    """Indices of the rows that are not verl's batch-balancing padding clones."""
+    return [i for i, tag in enumerate(tags) if not tag.get("is_padding", False)]
+
+
 def _last_user_text(messages) -> str | None:
     """Content of the last user message of a chat prompt (a list of role/content dicts)."""
     for message in reversed(list(messages or [])):
@@ -111,17 +116,16 @@ class SDARTrainer(PPOTrainerSync):
         """Score each row's response under its privileged prompt with the actor's current weights."""
         start = time.perf_counter()
         rows = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id)
-        for name in ("position_ids",):
-            if name in rows.keys() and any(r.dim() != 1 for r in _rows(rows[name])):
-                raise NotImplementedError("verl-sdar: multimodal (multi-axis rope) position ids are not supported yet")
+        if "position_ids" in rows.keys() and any(r.dim() != 1 for r in _rows(rows["position_ids"])):
+            raise NotImplementedError("verl-sdar: multimodal (multi-axis rope) position ids are not supported yet")
 
         extra_infos = _rows(rows["extra_info"])
+        prompts = _rows(rows["prompts"])
         if self.retriever is None:
             texts = privileged_texts(extra_infos, self.sdar.privileged.key)
         else:
-            texts = self._retrieve_skills(batch, rows, extra_infos, metrics)
+            texts = self._retrieve_skills(batch, rows, prompts, extra_infos, metrics)
         blocks = [self.privileged_blocks(text) for text in texts]
-        prompts = _rows(rows["prompts"])
         insert_at, cut_from = [], []
         for prompt, block in zip(prompts, blocks):
             if block:
@@ -181,7 +185,7 @@ class SDARTrainer(PPOTrainerSync):
         metrics["sdar/teacher_pass_s"] = time.perf_counter() - start
         return batch
 
-    def _retrieve_skills(self, batch, rows, extra_infos, metrics: dict) -> list[str]:
+    def _retrieve_skills(self, batch, rows, prompts, extra_infos, metrics: dict) -> list[str]:
         """Privileged text of each row from the skill library; UCB learns from the rows' rewards.
 
         Each real row's outcome (its summed token-level score, i.e. the episode reward written on
@@ -198,13 +202,12 @@ class SDARTrainer(PPOTrainerSync):
             if self.sdar.skills.strategy == "keyword":
                 prompt_text = _last_user_text(raw_prompts[i]) if raw_prompts is not None else None
                 if prompt_text is None:
-                    prompt_text = self.tokenizer.decode(_rows(rows["prompts"])[i].tolist(), skip_special_tokens=True)
+                    prompt_text = self.tokenizer.decode(prompts[i].tolist(), skip_special_tokens=True)
             retrieval: Retrieval = self.retriever.retrieve(prompt=prompt_text, task_type=task_type)
             texts.append(retrieval.text)
             retrievals.append(retrieval)
-        real = [i for i, tag in enumerate(batch.tags) if not tag.get("is_padding", False)]
         if scores is not None:
-            for i in real:
+            for i in _real_rows(batch.tags):
                 self.retriever.update(retrievals[i], float(scores[i].sum()))
         unknown = sum(self.retriever.unknown.values())
         metrics["sdar/skills/unknown_task_type_rows"] = unknown / max(self.retriever.rows, 1)
@@ -241,17 +244,17 @@ class SDARTrainer(PPOTrainerSync):
 
     def _teacher_metrics(self, batch, rows, teacher_log_probs, texts, built, extra_infos) -> dict[str, float]:
         """Gap / gate statistics at the pre-update policy over real (non-padding) rows."""
-        real = [i for i, tag in enumerate(batch.tags) if not tag.get("is_padding", False)]
+        real = _real_rows(batch.tags)
         if not real:
             return {}
+        per_row = {  # each field split into rows once
+            "old": _rows(rows["old_log_probs"]),
+            "teacher": _rows(teacher_log_probs),
+            "mask": _rows(rows["response_mask"]),
+            "entropy": _rows(rows["entropy"]),
+        }
         padded = TensorDict(
-            {
-                "old": _nested([_rows(rows["old_log_probs"])[i] for i in real]),
-                "teacher": _nested([_rows(teacher_log_probs)[i] for i in real]),
-                "mask": _nested([_rows(rows["response_mask"])[i] for i in real]),
-                "entropy": _nested([_rows(rows["entropy"])[i] for i in real]),
-            },
-            batch_size=len(real),
+            {name: _nested([values[i] for i in real]) for name, values in per_row.items()}, batch_size=len(real)
         ).to_padded_tensor()
         mask = padded["mask"].bool()
         gap = (padded["teacher"] - padded["old"]).masked_fill(~mask, 0.0)
@@ -284,7 +287,7 @@ class SDARTrainer(PPOTrainerSync):
         nested_mask = rows["response_mask"]
         extra = _rows(rows["extra_fields"])
         penalties = torch.tensor(
-            [float((e or {}).get("invalid_action_penalty", 0.0)) if isinstance(e, dict) else 0.0 for e in extra]
+            [float(e.get("invalid_action_penalty", 0.0)) if isinstance(e, dict) else 0.0 for e in extra]
         )
         scores = torch.stack([r.float().sum() for r in _rows(rows["rm_scores"])]) - penalties
         advantages = turn_row_grpo_advantages(
@@ -300,7 +303,7 @@ class SDARTrainer(PPOTrainerSync):
             partition_id=batch.partition_id,
             fields=TensorDict({"advantages": nested, "returns": nested.clone()}, batch_size=len(batch)),
         )
-        real = [i for i, tag in enumerate(batch.tags) if not tag.get("is_padding", False)]
+        real = _real_rows(batch.tags)
         metrics["sdar/invalid_action_rows"] = float((penalties[real] > 0).float().mean()) if real else 0.0
         return batch
 
