@@ -4,8 +4,9 @@ One training run (2 steps, validation before and after, a checkpoint each step) 
 run (step 3) with the CPU recipe; only `trainer.device=cpu` (set by the recipe) selects the CPU
 path. Half of the rows carry no privileged text: for them the teacher sequence *is* the student
 sequence, so their teacher log-probs must equal old_log_probs (gap 0, gate 0.5), while the other
-half must differ. The rewards of a random tiny model are all 0, so GRPO advantages are 0 and any
-weight change comes from the SDAR term alone.
+half must differ. The first run scores every response 0 (a zero reward function; a random tiny
+model can still hit the code word by chance), so GRPO advantages are 0 and any weight change
+comes from the SDAR term alone.
 """
 
 import json
@@ -63,6 +64,8 @@ def work(tmp_path_factory):
             {**info, "privileged": info["privileged"] if i % 2 == 0 else ""} for i, info in enumerate(df["extra_info"])
         ]
         df.to_parquet(data / f"{split}.parquet")
+    # every response scores 0: GRPO advantages vanish and only the SDAR term moves the weights
+    (work / "zero_reward.py").write_text("def compute_score(*args, **kwargs):\n    return 0.0\n")
     return work
 
 
@@ -77,6 +80,7 @@ def first_run(work):
         "trainer.val_before_train=true",
         "actor_rollout_ref.actor.optim.lr=1e-2",
         "data.shuffle=false",
+        f"reward.custom_reward_function.path={work / 'zero_reward.py'}",
     )
     return {r["step"]: r["data"] for r in records}, records
 
