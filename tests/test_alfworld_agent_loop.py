@@ -405,6 +405,15 @@ def test_one_sdar_step_through_main_ppo(tmp_path, alfworld_small):
     val, step = by_step[0], by_step[1]
     # validation: success rate (reward 10 x won, and the reward function's `success`)
     assert any(k.startswith("val-") and "success" in k for k in val), sorted(val)
+    # ... and per task type, one value per episode (4 validation games, 1 episode each)
+    val_types = {k.rsplit("/", 1)[1] for k in val if k.startswith("val-core/alfworld/success/")}
+    assert val_types == set(pd.read_parquet(tmp_path / "alfworld" / "val.parquet")["extra_info"].map(
+        lambda info: info["task_type"])), sorted(val)
+    assert sum(val[f"val-aux/alfworld/episodes/{t}"] for t in val_types) == 4
+    # training success: each episode counted once (not once per turn row), overall and per type
+    assert step["episode/success_rate"] == 0.0 and step["episode/episodes"] == 4
+    train_types = {k.split("/")[1] for k in step if k.startswith("episode/") and k.endswith("/success_rate")} - {"success_rate"}
+    assert sum(step[f"episode/{t}/episodes"] for t in train_types) == 4
     # training: 2 games x 2 episodes x 3 turns (a random tiny model never wins in 3 steps)
     assert step["critic/score/mean"] == 0.0
     rows = step["perf/total_num_tokens"] / (step["prompt_length/mean"] + step["response_length/mean"])
@@ -417,6 +426,43 @@ def test_one_sdar_step_through_main_ppo(tmp_path, alfworld_small):
     types = {k.split("/")[2] for k in step if k.startswith("sdar/task_type/") and k.endswith("/gate_mean")}
     assert types, sorted(step)
     print("success (val):", {k: v for k, v in val.items() if "success" in k}, "gate by type:", types)
+
+
+@pytestmark_env
+def test_eval_only_reports_success_per_task_type(tmp_path, alfworld_small):
+    """`trainer.val_only=true`: validation on eval-unseen games, no training step, success per type."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from verl_sdar.envs.alfworld.dataset import build
+    from verl_sdar.tiny_model import build_tiny_model
+
+    build_tiny_model(tmp_path / "tiny-model", seed=0)
+    build(DATA, tmp_path / "alfworld", val_split="valid_unseen", limit_val=6)
+    metrics_file = tmp_path / "metrics.jsonl"
+    env = dict(os.environ, VERL_SDAR_WORK=str(tmp_path), VERL_FILE_LOGGER_PATH=str(metrics_file),
+               HYDRA_FULL_ERROR="1", TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled", RAY_DEDUP_LOGS="0")
+    cmd = [
+        sys.executable, "-m", "verl.trainer.main_ppo",
+        f"--config-path={REPO / 'recipes' / 'alfworld'}", "--config-name=tiny_cpu_sdar",
+        "trainer.logger=[console,file]", f"hydra.run.dir={tmp_path / 'hydra'}",
+        "trainer.val_only=true", "trainer.val_before_train=true", "env.max_steps=2",
+    ]
+    log = tmp_path / "run.log"
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=420, cwd=tmp_path)
+    text = log.read_text()
+    assert proc.returncode == 0, text[-6000:]
+    records = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    assert [r["step"] for r in records] == [0]  # validation only
+    val = records[0]["data"]
+    per_type = {k.rsplit("/", 1)[1]: v for k, v in val.items() if k.startswith("val-core/alfworld/success/")}
+    assert len(per_type) == 3, sorted(val)  # data_small lists 2 games per type; the first 6 cover 3 types
+    assert all(0.0 <= v <= 1.0 for v in per_type.values())
+    assert sum(val[f"val-aux/alfworld/episodes/{t}"] for t in per_type) == 6
+    assert not any(k.startswith("actor/") for k in val)
 
 
 def test_hydra_callback_points_verl_at_the_packaged_agent_loop_config():

@@ -32,6 +32,7 @@ from verl.utils.debug import marked_timer
 from verl.workers.utils.padding import response_from_nested, response_to_nested
 
 from .config import TRAINER_MODE, SDARConfig
+from .episodes import first_row_per_episode, rate_by_group
 from .loss import make_actor_loss
 from .objectives import compute_gate, gap_statistics, rlsd_token_advantages, turn_row_grpo_advantages
 from .skills import Retrieval, Retriever, SkillLibrary, make_retriever
@@ -307,7 +308,56 @@ class SDARTrainer(PPOTrainerSync):
         metrics["sdar/invalid_action_rows"] = float((penalties[real] > 0).float().mean()) if real else 0.0
         return batch
 
+    def _episode_metrics(self, batch: KVBatchMeta, metrics: dict) -> None:
+        """Training success rate, overall and per task type, counting each episode once.
+
+        Agent loops that report an outcome put ``won`` (and ``task_type``) in every turn row's
+        ``extra_fields``; single-turn rows without it are skipped.
+        """
+        if batch.fields is not None and "extra_fields" not in batch.fields:
+            return
+        rows = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_fields"])
+        extra = _rows(rows["extra_fields"])
+        real = _real_rows(batch.tags)
+        keys = [batch.keys[i] for i in real]
+        episodes = [real[j] for j in first_row_per_episode(keys)]
+        episodes = [i for i in episodes if isinstance(extra[i], dict) and "won" in extra[i]]
+        if not episodes:
+            return
+        won = [float(bool(extra[i]["won"])) for i in episodes]
+        metrics["episode/success_rate"] = sum(won) / len(won)
+        metrics["episode/episodes"] = float(len(won))
+        for task_type, (rate, count) in rate_by_group([extra[i].get(TASK_TYPE_KEY) for i in episodes], won).items():
+            metrics[f"episode/{task_type}/success_rate"] = rate
+            metrics[f"episode/{task_type}/episodes"] = float(count)
+
+    def _val_metrics_update(self, data_sources, sample_uids, reward_extra_infos_dict, sample_turns, **kwargs):
+        """verl's validation metrics plus success per task type (one value per final episode row).
+
+        Uses the reward function's ``success`` and ``task_type`` extra outputs when both are present
+        (verl skips string-valued extras in its own statistics): ``val-core/<source>/success/<type>``
+        and ``val-aux/<source>/episodes/<type>``.
+        """
+        metric_dict = super()._val_metrics_update(
+            data_sources, sample_uids, reward_extra_infos_dict, sample_turns, **kwargs
+        )
+        success = reward_extra_infos_dict.get("success")
+        task_types = reward_extra_infos_dict.get(TASK_TYPE_KEY)
+        if not success or not task_types or len(success) != len(data_sources):
+            return metric_dict
+        by_source: dict[str, list[int]] = {}
+        for i, source in enumerate(data_sources):
+            if success[i] is not None:
+                by_source.setdefault(str(source), []).append(i)
+        for source, idx in by_source.items():
+            rates = rate_by_group([task_types[i] for i in idx], [float(success[i]) for i in idx])
+            for task_type, (rate, count) in rates.items():
+                metric_dict[f"val-core/{source}/success/{task_type}"] = rate
+                metric_dict[f"val-aux/{source}/episodes/{task_type}"] = float(count)
+        return metric_dict
+
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        self._episode_metrics(batch, metrics)
         if self.sdar.multi_turn.turn_row_grpo:
             batch = self._turn_row_grpo_advantage(batch, metrics)
         else:

@@ -22,4 +22,6 @@ def compute_score(data_source=None, solution_str=None, ground_truth=None, extra_
         "success": float(won),
         "episode_steps": float(info.get("episode_steps", 0) or 0),
         "env_error": float(bool(info.get("episode_error"))),
+        # a string: verl's own statistics skip it; the SDAR trainer reports success per task type
+        "task_type": str(info.get("task_type") or "unknown"),
     }

@@ -1,0 +1,23 @@
+"""Episode bookkeeping for multi-turn batches (pure Python)."""
+
+import pytest
+
+from verl_sdar.episodes import first_row_per_episode, rate_by_group, session_of
+
+
+def test_session_of_strips_the_turn_index_only():
+    assert session_of("3f2a-uid_0_4") == "3f2a-uid_0"
+    assert session_of("a_b_c_1_12") == "a_b_c_1"  # uids may contain underscores
+    assert session_of("plainkey") == "plainkey"
+    assert session_of("u_1_x") == "u_1_x"  # no turn index: the key is its own episode
+
+
+def test_one_row_per_episode_in_batch_order():
+    keys = ["u_0_0", "u_0_1", "u_1_0", "v_0_0", "u_0_2", "u_1_1"]
+    assert first_row_per_episode(keys) == [0, 2, 3]
+
+
+def test_rate_by_group_counts_each_item_once():
+    assert rate_by_group(["a", "b", "a", None], [1, 0, 0, 1]) == {"a": (0.5, 2), "b": (0.0, 1), "unknown": (1.0, 1)}
+    with pytest.raises(ValueError, match="2 groups for 1 values"):
+        rate_by_group(["a", "b"], [1])
