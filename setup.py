@@ -13,7 +13,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["verl_sdar", "verl_sdar.*"])
     + ["hydra_plugins.verl_sdar_searchpath"],
-    package_data={"verl_sdar": ["config/**/*.yaml", "config/*.yaml", "envs/*/*.yaml"]},
+    package_data={"verl_sdar": ["config/**/*.yaml", "config/*.yaml", "envs/*.yaml", "envs/*/*.yaml"]},
     include_package_data=True,
     install_requires=[
         # The CPU path and the trainer subclass touch a few verl internals: pinned exactly.

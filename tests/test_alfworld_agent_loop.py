@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from agent_loop_helpers import FakeServer, make_agent_loop, run_episode
 
 from verl_sdar.envs.alfworld.prompts import (
     build_prompt,
@@ -101,46 +102,11 @@ def games(alfworld_small):
     return found
 
 
-class FakeServer:
-    """Stands in for verl's LLM server client: returns scripted responses, tokenised."""
-
-    def __init__(self, tokenizer, responses):
-        self.tokenizer = tokenizer
-        self.responses = list(responses)
-        self.prompts: list[list[int]] = []
-
-    async def generate(self, request_id, prompt_ids, sampling_params, **kwargs):
-        from verl.workers.rollout.replica import TokenOutput
-
-        self.prompts.append(list(prompt_ids))
-        await asyncio.sleep(0)
-        text = self.responses.pop(0) if self.responses else "no idea"
-        ids = self.tokenizer.encode(text, add_special_tokens=False) + [self.tokenizer.eos_token_id]
-        return TokenOutput(token_ids=ids, log_probs=[-1.0] * len(ids), num_preempted=0)
-
-
 def make_loop(tokenizer, server, max_steps=50, history_length=2, response_length=512, prompt_length=4096, **env):
-    from omegaconf import OmegaConf
-    from verl.experimental.agent_loop.agent_loop import DictConfigWrap
-    from verl.utils.dataset.rl_dataset import RLHFDataset
-
     from verl_sdar.envs.alfworld.agent_loop import AlfworldAgentLoop
 
-    config = OmegaConf.create(
-        {
-            "actor_rollout_ref": {"rollout": {"prompt_length": prompt_length, "response_length": response_length}},
-            "data": {},
-            "env": {"max_steps": max_steps, "history_length": history_length, **env},
-        }
-    )
-    return AlfworldAgentLoop(
-        trainer_config=DictConfigWrap(config),
-        server_manager=server,
-        tokenizer=tokenizer,
-        processor=None,
-        dataset_cls=RLHFDataset,
-        data_config=DictConfigWrap(config.data),
-    )
+    env = {"max_steps": max_steps, "history_length": history_length, **env}
+    return make_agent_loop(AlfworldAgentLoop, tokenizer, server, env, response_length, prompt_length)
 
 
 def row_kwargs(game):
@@ -151,12 +117,7 @@ def row_kwargs(game):
 
 
 def play(make, game, **kwargs):
-    """Build the agent loop inside a running event loop (verl binds it to the current loop) and play."""
-
-    async def go():
-        return await make().run({"temperature": 1.0}, **(kwargs or row_kwargs(game)))
-
-    return asyncio.run(go())
+    return run_episode(make, **(kwargs or row_kwargs(game)))
 
 
 @pytestmark_env
@@ -463,19 +424,3 @@ def test_eval_only_reports_success_per_task_type(tmp_path, alfworld_small):
     assert all(0.0 <= v <= 1.0 for v in per_type.values())
     assert sum(val[f"val-aux/alfworld/episodes/{t}"] for t in per_type) == 6
     assert not any(k.startswith("actor/") for k in val)
-
-
-def test_hydra_callback_points_verl_at_the_packaged_agent_loop_config():
-    from omegaconf import OmegaConf
-
-    from verl_sdar.envs.alfworld.hydra_callback import apply_alfworld_defaults
-
-    config = OmegaConf.create({"actor_rollout_ref": {"rollout": {"agent": {"agent_loop_config_path": "pkg"}}}})
-    apply_alfworld_defaults(config)
-    agent = config.actor_rollout_ref.rollout.agent
-    assert agent.default_agent_loop == "alfworld" and Path(agent.agent_loop_config_path).is_absolute()
-    loops = OmegaConf.load(agent.agent_loop_config_path)
-    assert loops[0].name == "alfworld" and loops[0]._target_.endswith("agent_loop.AlfworldAgentLoop")
-    config.actor_rollout_ref.rollout.agent.agent_loop_config_path = "/my/own.yaml"
-    apply_alfworld_defaults(config)
-    assert config.actor_rollout_ref.rollout.agent.agent_loop_config_path == "/my/own.yaml"

@@ -1,0 +1,283 @@
+"""One training row per turn: the verl agent-loop base of the text-game environments (ALFWorld, WebShop).
+
+A subclass names its environment through four hooks (:meth:`TurnRowAgentLoop.open_env`,
+:meth:`~TurnRowAgentLoop.reset`, :meth:`~TurnRowAgentLoop.step`, :meth:`~TurnRowAgentLoop.prompt`);
+the base plays the episode: for up to ``env.max_steps`` turns it renders the prompt as one user
+message through the chat template, asks the rollout server for a response, projects it to a
+command (:func:`verl_sdar.envs.turn_prompts.project_action`) and steps the env. It returns one
+:class:`AgentLoopOutput` per turn, which verl's V1 agent-loop worker stores as separate rows (keys
+``{uid}_{session}_{turn}``) that all carry the dataset row's fields (``extra_info`` with
+``task_type`` and the privileged text, so the SDAR teacher pass works per turn).
+
+Reward: the env result travels in ``extra_fields`` (``won`` and the subclass's episode fields);
+verl's reward loop scores the last turn and copies that score to every earlier turn row. verl
+0.9.1's worker overwrites the earlier rows' score with the final one, so the per-turn
+invalid-action penalty cannot ride on the reward score; it is stored per row in
+``extra_fields["invalid_action_penalty"]`` (coefficient ``env.invalid_action_penalty_coef``) for the
+turn-row GRPO step (``sdar.multi_turn.turn_row_grpo``) to subtract.
+
+Env calls run in a worker thread (``asyncio`` is never blocked); an env error or timeout ends
+the episode as failed, logs the reason and is recorded in ``extra_fields["env_error"]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import threading
+import time
+from typing import Any
+from uuid import uuid4
+
+from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput
+from verl.utils.profiler import simple_timer
+
+from verl_sdar.envs.common import env_settings, plain
+from verl_sdar.envs.turn_prompts import project_action
+
+logger = logging.getLogger(__name__)
+logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
+
+TURN_DEFAULTS: dict[str, Any] = {
+    "max_steps": 50,
+    "history_length": 2,
+    "invalid_action_penalty_coef": 0.1,
+    "use_invalid_action_penalty": True,
+    "step_timeout_s": 60.0,
+    "reset_timeout_s": 120.0,
+}
+
+# Env calls go to one shared worker thread per process: game engines are not known to be
+# thread-safe, steps take milliseconds, and this keeps the event loop free. A call that times out
+# leaves its thread stuck, so the executor is replaced and later episodes get a fresh thread.
+_executor_lock = threading.Lock()
+_executor: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _env_executor() -> concurrent.futures.ThreadPoolExecutor:
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="verl-sdar-env")
+        return _executor
+
+
+def _abandon_executor(stuck: concurrent.futures.ThreadPoolExecutor) -> None:
+    global _executor
+    with _executor_lock:
+        if _executor is stuck:
+            _executor = None
+    stuck.shutdown(wait=False, cancel_futures=True)
+
+
+async def call_env(fn, *args, timeout: float | None = None):
+    """Run ``fn(*args)`` in the env thread; raise ``TimeoutError`` after ``timeout`` seconds."""
+    executor = _env_executor()
+    future = asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+    try:
+        return await asyncio.wait_for(future, timeout)
+    except asyncio.TimeoutError:
+        _abandon_executor(executor)
+        raise TimeoutError(f"{getattr(fn, '__name__', fn)} took more than {timeout}s") from None
+
+
+class TurnRowAgentLoop(AgentLoopBase):
+    """Plays one episode of a text environment; returns one :class:`AgentLoopOutput` per turn.
+
+    Subclasses set ``ENV_NAME`` and ``DEFAULTS`` (``TURN_DEFAULTS`` plus their own keys) and
+    implement the hooks below.
+    """
+
+    ENV_NAME = "env"
+    DEFAULTS: dict[str, Any] = TURN_DEFAULTS
+
+    def __init__(self, *args, **kwargs):
+        overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in self.DEFAULTS}
+        kwargs.pop("name", None)
+        super().__init__(*args, **kwargs)
+        self.settings = env_settings(self.DEFAULTS, self.config, overrides)
+        self.max_steps = int(self.settings["max_steps"])
+        self.history_length = int(self.settings["history_length"])
+        self.penalty = (
+            float(self.settings["invalid_action_penalty_coef"]) if self.settings["use_invalid_action_penalty"] else 0.0
+        )
+        self.prompt_length = self.rollout_config.prompt_length
+        self.response_length = self.rollout_config.response_length
+
+    # ------------------------------------------------------------------ hooks
+    def open_env(self) -> Any:
+        """A fresh environment object for one episode."""
+        raise NotImplementedError
+
+    def reset(self, env: Any, extra_info: dict) -> tuple[str, str, list[str]]:
+        """Start the episode of this dataset row: ``(task, first observation, admissible actions)``.
+
+        Runs in the env thread; raising fails the episode (never the run)."""
+        raise NotImplementedError
+
+    def step(self, env: Any, action: str) -> tuple[str, bool, bool, list[str], dict]:
+        """``(next observation, done, won, admissible actions, info)``; runs in the env thread."""
+        raise NotImplementedError
+
+    def prompt(self, task: str, observation: str, admissible: list[str], history: list[tuple[str, str]]) -> str:
+        raise NotImplementedError
+
+    def episode_fields(self, last_info: dict) -> dict[str, Any]:
+        """Extra fields written on every turn row once the episode ends (e.g. a graded reward)."""
+        return {}
+
+    def close_env(self, env: Any) -> None:
+        close = getattr(env, "close", None)
+        if close is not None:
+            close()
+
+    # ------------------------------------------------------------------ episode
+    async def _render(self, text: str) -> list[int]:
+        return await self.ct_build_initial_tokens([{"role": "user", "content": text}])
+
+    async def run(self, sampling_params: dict[str, Any], priority: int = 0, **kwargs) -> list[AgentLoopOutput]:
+        priority = int(priority)
+        extra_info = plain(kwargs.get("extra_info")) or {}
+        base = self.row_fields(extra_info)
+
+        episode_start = time.perf_counter()
+        env = self.open_env()
+        outputs: list[AgentLoopOutput] = []
+        error = None
+        won = False
+        last_info: dict = {}
+        try:
+            try:
+                task, obs, admissible = await call_env(
+                    self.reset, env, extra_info, timeout=self.settings["reset_timeout_s"]
+                )
+            except Exception as e:  # noqa: BLE001 - a broken task fails its episode, never the run
+                error = f"reset failed: {type(e).__name__}: {e}"
+                logger.warning("%s episode %s: %s", self.ENV_NAME, base, error)
+                return [await self._failed_reset_output(error, base, plain(kwargs.get("global_steps")))]
+
+            history: list[tuple[str, str]] = []
+            env_time = 0.0
+            for turn in range(self.max_steps):
+                prompt_ids = await self._render(self.prompt(task, obs, admissible, history))
+                metrics: dict[str, Any] = {}
+                with simple_timer("generate_sequences", metrics):
+                    request_id = (
+                        f"det-{priority}-{turn}"
+                        if getattr(self.rollout_config, "full_determinism", False)
+                        else uuid4().hex
+                    )
+                    generated = await self.server_manager.generate(
+                        request_id=request_id,
+                        prompt_ids=prompt_ids,
+                        sampling_params=sampling_params,
+                        priority=priority,
+                    )
+                response_ids = list(generated.token_ids)[: self.response_length]
+                logprobs = list(generated.log_probs)[: self.response_length] if generated.log_probs else None
+                response_text = await self.loop.run_in_executor(
+                    None, lambda ids=response_ids: self.tokenizer.decode(ids, skip_special_tokens=True)
+                )
+                projection = project_action(response_text)
+
+                step_error = None
+                t0 = time.perf_counter()
+                try:
+                    next_obs, done, won, next_admissible, last_info = await call_env(
+                        self.step, env, projection.action, timeout=self.settings["step_timeout_s"]
+                    )
+                except Exception as e:  # noqa: BLE001
+                    step_error = f"step {turn} failed: {type(e).__name__}: {e}"
+                    logger.warning("%s episode %s: %s", self.ENV_NAME, base, step_error)
+                    error, done, won, next_obs, next_admissible = step_error, True, False, "", []
+                env_time += time.perf_counter() - t0
+                if turn + 1 >= self.max_steps:
+                    done = True
+
+                metrics["num_preempted"] = generated.num_preempted if generated.num_preempted is not None else -1
+                outputs.append(
+                    AgentLoopOutput(
+                        prompt_ids=prompt_ids,
+                        response_ids=response_ids,
+                        response_mask=[1] * len(response_ids),
+                        response_logprobs=logprobs,
+                        num_turns=2,
+                        metrics=metrics,
+                        extra_fields={
+                            # server fields first (min/max_global_steps: weight versions used)
+                            **dict(generated.extra_fields or {}),
+                            **base,
+                            "turn": turn,
+                            "action": projection.action,
+                            "valid": projection.valid,
+                            "invalid_reason": projection.reason,
+                            "invalid_action_penalty": 0.0 if projection.valid else self.penalty,
+                            "won": won,  # updated on every row below once the episode ends
+                            "env_error": step_error or "",
+                        },
+                    )
+                )
+                if done:
+                    break
+                history.append((obs, projection.action))
+                obs, admissible = next_obs, next_admissible
+        finally:
+            try:
+                await call_env(self.close_env, env, timeout=10)
+            except Exception as e:  # noqa: BLE001
+                logger.warning("%s: closing env failed: %s", self.ENV_NAME, e)
+
+        episode_s = time.perf_counter() - episode_start
+        final = self.episode_fields(last_info) if error is None else self.episode_fields({})
+        for out in outputs:
+            out.extra_fields.update(
+                won=won,
+                episode_steps=len(outputs),
+                episode_error=error or "",
+                env_seconds=env_time,
+                episode_seconds=episode_s,
+                num_turns_total=len(outputs),
+                reward_extra_info={},
+                **final,
+            )
+        return outputs
+
+    def row_fields(self, extra_info: dict) -> dict[str, Any]:
+        """Fields of the dataset row repeated on every turn row (``task_type`` at least)."""
+        return {"task_type": extra_info.get("task_type")}
+
+    async def _failed_reset_output(self, error: str, base: dict, global_steps: Any = None) -> AgentLoopOutput:
+        """A single zero-weight row for an episode whose task could not be loaded."""
+        prompt_ids = await self._render(f"The {self.ENV_NAME} task could not be loaded ({error}).")
+        eos = self.tokenizer.eos_token_id
+        eos = eos[0] if isinstance(eos, list) else eos
+        return AgentLoopOutput(
+            prompt_ids=prompt_ids,
+            response_ids=[eos if eos is not None else 0],
+            response_mask=[0],
+            response_logprobs=[0.0] if getattr(self.rollout_config, "calculate_log_probs", False) else None,
+            num_turns=2,
+            metrics={},
+            extra_fields={
+                # no generation happened: the weight version is the current step's
+                "min_global_steps": global_steps,
+                "max_global_steps": global_steps,
+                **base,
+                "turn": 0,
+                "action": "",
+                "valid": False,
+                "invalid_reason": "env_error",
+                "invalid_action_penalty": 0.0,
+                "won": False,
+                "env_error": error,
+                "episode_steps": 0,
+                "episode_error": error,
+                "env_seconds": 0.0,
+                "episode_seconds": 0.0,
+                "num_turns_total": 1,
+                "reward_extra_info": {},
+                **self.episode_fields({}),
+            },
+        )
