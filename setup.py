@@ -34,6 +34,10 @@ setup(
     extras_require={
         "test": ["pytest>=8"],
         "alfworld": ["alfworld==0.4.2"],
+        # offline Search-QA: BM25 in process; the corpus is built from countryinfo's data (pinned:
+        # the generated set must not change under us)
+        "search": ["bm25s>=0.3,<0.4", "countryinfo==1.0.1"],
+        "webshop": ["bm25s>=0.3,<0.4"],
         # GPU only; never installed in CI.
         "vllm": ["vllm"],
     },

@@ -118,7 +118,10 @@ class TurnRowAgentLoop(AgentLoopBase):
         raise NotImplementedError
 
     def step(self, env: Any, action: str) -> tuple[str, bool, bool, list[str], dict]:
-        """``(next observation, done, won, admissible actions, info)``; runs in the env thread."""
+        """``(next observation, done, won, admissible actions, info)``; runs in the env thread.
+
+        ``info["valid_action"] = False`` marks a well-formatted action the env refused: the turn is
+        then invalid (``inadmissible_action``) and penalised like a malformed one."""
         raise NotImplementedError
 
     def prompt(self, task: str, observation: str, admissible: list[str], history: list[tuple[str, str]]) -> str:
@@ -195,6 +198,10 @@ class TurnRowAgentLoop(AgentLoopBase):
                 env_time += time.perf_counter() - t0
                 if turn + 1 >= self.max_steps:
                     done = True
+                valid, reason = projection.valid, projection.reason
+                if step_error is None and last_info.get("valid_action") is False:
+                    # well formatted, but the env refused it (not admissible here)
+                    valid, reason = False, ",".join(r for r in (reason, "inadmissible_action") if r)
 
                 metrics["num_preempted"] = generated.num_preempted if generated.num_preempted is not None else -1
                 outputs.append(
@@ -211,9 +218,9 @@ class TurnRowAgentLoop(AgentLoopBase):
                             **base,
                             "turn": turn,
                             "action": projection.action,
-                            "valid": projection.valid,
-                            "invalid_reason": projection.reason,
-                            "invalid_action_penalty": 0.0 if projection.valid else self.penalty,
+                            "valid": valid,
+                            "invalid_reason": reason,
+                            "invalid_action_penalty": 0.0 if valid else self.penalty,
                             "won": won,  # updated on every row below once the episode ends
                             "env_error": step_error or "",
                         },
