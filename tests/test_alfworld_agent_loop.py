@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from agent_loop_helpers import FakeServer, make_agent_loop, run_episode
+from main_ppo_runner import by_step, run_main_ppo
 
 from verl_sdar.envs.alfworld.prompts import (
     build_prompt,
@@ -326,10 +327,6 @@ def test_one_sdar_step_through_main_ppo(tmp_path, alfworld_small):
     """One SDAR step (plus validation before it) of verl's real main_ppo on CPU with the tiny model
     on the shipped small ALFWorld set, 3 env steps per episode. Half of the games carry privileged
     text, so the teacher pass sees different prompts for their turn rows."""
-    import json
-    import os
-    import subprocess
-    import sys
 
     import pandas as pd
 
@@ -344,26 +341,14 @@ def test_one_sdar_step_through_main_ppo(tmp_path, alfworld_small):
         for i, info in enumerate(train["extra_info"])
     ]
     train.to_parquet(tmp_path / "alfworld" / "train.parquet")
-    metrics_file = tmp_path / "metrics.jsonl"
-    env = dict(os.environ, VERL_SDAR_WORK=str(tmp_path), VERL_FILE_LOGGER_PATH=str(metrics_file),
-               HYDRA_FULL_ERROR="1", TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled", RAY_DEDUP_LOGS="0")
-    cmd = [
-        sys.executable, "-m", "verl.trainer.main_ppo",
-        f"--config-path={REPO / 'recipes' / 'alfworld'}", "--config-name=tiny_cpu_sdar",
-        "trainer.logger=[console,file]", f"hydra.run.dir={tmp_path / 'hydra'}",
+    records = run_main_ppo(
+        tmp_path, "alfworld/tiny_cpu_sdar",
         "trainer.total_training_steps=1", "trainer.val_before_train=true", "data.shuffle=false",
         "env.max_steps=3", "env.rollout.n=2",
-    ]
-    log = tmp_path / "run.log"
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=420, cwd=tmp_path)
-    text = log.read_text()
-    assert proc.returncode == 0, text[-6000:]
-    records = [json.loads(line) for line in metrics_file.read_text().splitlines()]
-    by_step = {}
-    for r in records:
-        by_step.setdefault(r["step"], {}).update(r["data"])
-    val, step = by_step[0], by_step[1]
+        timeout=420,
+    )
+    merged = by_step(records)
+    val, step = merged[0], merged[1]
     # validation: success rate (reward 10 x won, and the reward function's `success`)
     assert any(k.startswith("val-") and "success" in k for k in val), sorted(val)
     # ... and per task type, one value per episode (4 validation games, 1 episode each)
@@ -392,31 +377,17 @@ def test_one_sdar_step_through_main_ppo(tmp_path, alfworld_small):
 @pytestmark_env
 def test_eval_only_reports_success_per_task_type(tmp_path, alfworld_small):
     """`trainer.val_only=true`: validation on eval-unseen games, no training step, success per type."""
-    import json
-    import os
-    import subprocess
-    import sys
 
     from verl_sdar.envs.alfworld.dataset import build
     from verl_sdar.tiny_model import build_tiny_model
 
     build_tiny_model(tmp_path / "tiny-model", seed=0)
     build(DATA, tmp_path / "alfworld", val_split="valid_unseen", limit_val=6)
-    metrics_file = tmp_path / "metrics.jsonl"
-    env = dict(os.environ, VERL_SDAR_WORK=str(tmp_path), VERL_FILE_LOGGER_PATH=str(metrics_file),
-               HYDRA_FULL_ERROR="1", TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled", RAY_DEDUP_LOGS="0")
-    cmd = [
-        sys.executable, "-m", "verl.trainer.main_ppo",
-        f"--config-path={REPO / 'recipes' / 'alfworld'}", "--config-name=tiny_cpu_sdar",
-        "trainer.logger=[console,file]", f"hydra.run.dir={tmp_path / 'hydra'}",
+    records = run_main_ppo(
+        tmp_path, "alfworld/tiny_cpu_sdar",
         "trainer.val_only=true", "trainer.val_before_train=true", "env.max_steps=2",
-    ]
-    log = tmp_path / "run.log"
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=420, cwd=tmp_path)
-    text = log.read_text()
-    assert proc.returncode == 0, text[-6000:]
-    records = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+        timeout=420,
+    )
     assert [r["step"] for r in records] == [0]  # validation only
     val = records[0]["data"]
     per_type = {k.rsplit("/", 1)[1]: v for k, v in val.items() if k.startswith("val-core/alfworld/success/")}

@@ -10,43 +10,19 @@ comes from the SDAR term alone.
 """
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from main_ppo_runner import run_main_ppo as run_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 STEP_METRICS = ("sdar/gate_mean", "sdar/gate_active_ratio", "sdar/gap_mean", "sdar/gap_std", "sdar/teacher_pass_s")
 
 
 def run_main_ppo(work: Path, log_name: str, *overrides: str, timeout: int = 600) -> list[dict]:
-    metrics_file = work / f"{log_name}.jsonl"
-    env = dict(
-        os.environ,
-        VERL_SDAR_WORK=str(work),
-        VERL_FILE_LOGGER_PATH=str(metrics_file),
-        HYDRA_FULL_ERROR="1",
-        TOKENIZERS_PARALLELISM="false",
-        WANDB_MODE="disabled",
-        RAY_DEDUP_LOGS="0",
-    )
-    cmd = [
-        sys.executable, "-m", "verl.trainer.main_ppo",
-        f"--config-path={REPO / 'recipes' / 'cpu'}", "--config-name=codeword_sdar",
-        "trainer.logger=[console,file]", f"hydra.run.dir={work / 'hydra' / log_name}",
-        *overrides,
-    ]
-    log = work / f"{log_name}.log"
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=timeout, cwd=work)
-    text = log.read_text()
-    assert proc.returncode == 0, text[-6000:]
-    assert "plugin failed to load" not in text, text[-6000:]
-    return [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    return run_recipe(work, "cpu/codeword_sdar", *overrides, log_name=log_name, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

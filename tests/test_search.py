@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from agent_loop_helpers import FakeServer, make_agent_loop, run_episode
+from main_ppo_runner import by_step, run_main_ppo
 
 from verl_sdar.envs.search.corpus import build, read_jsonl
 from verl_sdar.envs.search.dataset import make_row, question_from_search_r1, rows_from_qa, rows_from_search_r1
@@ -307,9 +308,6 @@ def test_skill_library_covers_every_question_type():
 def test_one_sdar_step_through_main_ppo(tmp_path, qa_dir):
     """One SDAR step (validation before it) of verl's real main_ppo on CPU: tiny model, BM25 search,
     skills retrieved by question type as the teacher's privileged context."""
-    import os
-    import subprocess
-    import sys
 
     from verl_sdar.envs.search.dataset import write
     from verl_sdar.tiny_model import build_tiny_model
@@ -318,27 +316,15 @@ def test_one_sdar_step_through_main_ppo(tmp_path, qa_dir):
     (tmp_path / "search-qa").symlink_to(qa_dir)
     write({"train": rows_from_qa(qa_dir / "train.jsonl", "train", 8), "val": rows_from_qa(qa_dir / "test.jsonl", "test", 6)},
           tmp_path / "search")
-    metrics_file = tmp_path / "metrics.jsonl"
-    env = dict(os.environ, VERL_SDAR_WORK=str(tmp_path), VERL_FILE_LOGGER_PATH=str(metrics_file),
-               HYDRA_FULL_ERROR="1", TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled", RAY_DEDUP_LOGS="0")
-    cmd = [
-        sys.executable, "-m", "verl.trainer.main_ppo",
-        f"--config-path={REPO / 'recipes' / 'search'}", "--config-name=tiny_cpu_sdar",
-        "trainer.logger=[console,file]", f"hydra.run.dir={tmp_path / 'hydra'}",
+    records = run_main_ppo(
+        tmp_path, "search/tiny_cpu_sdar",
         "trainer.total_training_steps=1", "trainer.val_before_train=true", "data.shuffle=false",
         "data.max_response_length=96", "env.max_steps=2", "env.history_length=2",
         "sdar.privileged.source=skills", f"sdar.skills.library={REPO / 'envs' / 'search' / 'skills'}",
-    ]
-    log = tmp_path / "run.log"
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=420, cwd=tmp_path)
-    text = log.read_text()
-    assert proc.returncode == 0, text[-6000:]
-    by_step: dict[int, dict] = {}
-    for line in metrics_file.read_text().splitlines():
-        r = json.loads(line)
-        by_step.setdefault(r["step"], {}).update(r["data"])
-    val, step = by_step[0], by_step[1]
+        timeout=420,
+    )
+    merged = by_step(records)
+    val, step = merged[0], merged[1]
     assert any(k.startswith("val-core/countryinfo/success/") for k in val), sorted(val)
     assert step["episode/episodes"] == 4 and 0.0 <= step["episode/success_rate"] <= 1.0
     assert step["sdar/rows_with_privileged"] == 1.0 and step["sdar/gate_mean"] == step["sdar/gate_mean"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from agent_loop_helpers import FakeServer, make_agent_loop, run_episode
+from main_ppo_runner import by_step, run_main_ppo
 
 from verl_sdar.envs.turn_prompts import format_response
 from verl_sdar.envs.webshop.catalogue import build, type_nouns
@@ -237,9 +238,6 @@ def test_skill_library_covers_every_category():
 def test_one_sdar_step_through_main_ppo(tmp_path, catalogue):
     """One SDAR step (validation before it) of verl's real main_ppo on CPU, tiny model, skills by
     product category as the teacher's privileged context, turn-row GRPO."""
-    import os
-    import subprocess
-    import sys
 
     from verl_sdar.envs.webshop.dataset import build as build_rows
     from verl_sdar.tiny_model import build_tiny_model
@@ -247,27 +245,16 @@ def test_one_sdar_step_through_main_ppo(tmp_path, catalogue):
     build_tiny_model(tmp_path / "tiny-model", seed=0)
     (tmp_path / "webshop-catalogue").symlink_to(catalogue)
     build_rows(catalogue, tmp_path / "webshop", limit_train=4, limit_val=4)
-    metrics_file = tmp_path / "metrics.jsonl"
-    env = dict(os.environ, VERL_SDAR_WORK=str(tmp_path), VERL_FILE_LOGGER_PATH=str(metrics_file),
-               HYDRA_FULL_ERROR="1", TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled", RAY_DEDUP_LOGS="0")
-    cmd = [
-        sys.executable, "-m", "verl.trainer.main_ppo",
-        f"--config-path={REPO / 'recipes' / 'webshop'}", "--config-name=tiny_cpu_sdar",
-        "trainer.logger=[console,file]", f"hydra.run.dir={tmp_path / 'hydra'}",
+    records = run_main_ppo(
+        tmp_path, "webshop/tiny_cpu_sdar",
         "trainer.total_training_steps=1", "trainer.val_before_train=true", "data.shuffle=false",
         "env.max_steps=2", "sdar.privileged.source=skills", f"sdar.skills.library={REPO / 'envs' / 'webshop' / 'skills'}",
-    ]
-    log = tmp_path / "run.log"
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=420, cwd=tmp_path)
-    text = log.read_text()
-    assert proc.returncode == 0, text[-6000:]
-    by_step: dict[int, dict] = {}
-    for line in metrics_file.read_text().splitlines():
-        r = json.loads(line)
-        by_step.setdefault(r["step"], {}).update(r["data"])
-    val, step = by_step[0], by_step[1]
+        timeout=420,
+    )
+    merged = by_step(records)
+    val, step = merged[0], merged[1]
     assert any(k.startswith("val-core/webshop/success/") for k in val), sorted(val)
     assert "val-aux/webshop/webshop_score/mean@1" in val
+    assert any(k.startswith("val-aux/webshop/webshop_score/") and not k.endswith("@1") for k in val), sorted(val)
     assert step["episode/episodes"] == 4 and step["sdar/rows_with_privileged"] == 1.0
     assert step["sdar/skills/unknown_task_type_rows"] == 0.0 and 0.0 <= step["sdar/invalid_action_rows"] <= 1.0

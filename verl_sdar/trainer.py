@@ -335,8 +335,9 @@ class SDARTrainer(PPOTrainerSync):
         """verl's validation metrics plus success per task type (one value per final episode row).
 
         Uses the reward function's ``success`` and ``task_type`` extra outputs when both are present
-        (verl skips string-valued extras in its own statistics): ``val-core/<source>/success/<type>``
-        and ``val-aux/<source>/episodes/<type>``.
+        (verl skips string-valued extras in its own statistics): ``val-core/<source>/success/<type>``,
+        ``val-aux/<source>/episodes/<type>``, and ``val-aux/<source>/<name>/<type>`` for every other
+        numeric extra (e.g. WebShop's ``webshop_score``).
         """
         metric_dict = super()._val_metrics_update(
             data_sources, sample_uids, reward_extra_infos_dict, sample_turns, **kwargs
@@ -349,11 +350,24 @@ class SDARTrainer(PPOTrainerSync):
         for i, source in enumerate(data_sources):
             if success[i] is not None:
                 by_source.setdefault(str(source), []).append(i)
+        # other numeric per-episode values the reward returns (e.g. WebShop's Score) per type too
+        numeric = [
+            name for name, values in reward_extra_infos_dict.items()
+            if name not in ("success", "reward", TASK_TYPE_KEY) and len(values) == len(data_sources)
+            and all(v is None or isinstance(v, (int, float)) for v in values)
+        ]
         for source, idx in by_source.items():
-            rates = rate_by_group([task_types[i] for i in idx], [float(success[i]) for i in idx])
+            groups = [task_types[i] for i in idx]
+            rates = rate_by_group(groups, [float(success[i]) for i in idx])
             for task_type, (rate, count) in rates.items():
                 metric_dict[f"val-core/{source}/success/{task_type}"] = rate
                 metric_dict[f"val-aux/{source}/episodes/{task_type}"] = float(count)
+            for name in numeric:
+                values = reward_extra_infos_dict[name]
+                kept = [i for i in idx if values[i] is not None]
+                means = rate_by_group([task_types[i] for i in kept], [float(values[i]) for i in kept])
+                for task_type, (mean, _) in means.items():
+                    metric_dict[f"val-aux/{source}/{name}/{task_type}"] = mean
         return metric_dict
 
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
