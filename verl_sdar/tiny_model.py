@@ -52,9 +52,9 @@ _CORPUS = (
 )
 
 
-def _train_tokenizer(vocab_size: int):
-    """Byte-level BPE trained on the built-in corpus (deterministic), wrapped for transformers."""
-    return train_tokenizer(list(_CORPUS) * 4, vocab_size)
+def _train_tokenizer(vocab_size: int, extra_corpus: Iterable[str] = ()):
+    """Byte-level BPE trained on the built-in corpus plus ``extra_corpus`` (deterministic)."""
+    return train_tokenizer(list(_CORPUS) * 4 + list(extra_corpus), vocab_size)
 
 
 def train_tokenizer(corpus: Iterable[str], vocab_size: int):
@@ -100,6 +100,7 @@ def build_tiny_model(
     hidden_size: int = 64,
     num_layers: int = 2,
     max_position_embeddings: int = 2048,
+    extra_corpus: Iterable[str] = (),
 ) -> Path:
     """Write a tiny Qwen2 causal LM, its tokenizer and chat template to ``out_dir``; return the path.
 
@@ -111,6 +112,7 @@ def build_tiny_model(
         hidden_size: model width; must be a multiple of 16 (head dimension 16).
         num_layers: number of decoder layers.
         max_position_embeddings: context length.
+        extra_corpus: more texts for the tokenizer (e.g. the prompts of a task, so they tokenise short).
     """
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -120,7 +122,7 @@ def build_tiny_model(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    tokenizer = _train_tokenizer(vocab_size)
+    tokenizer = _train_tokenizer(vocab_size, extra_corpus)
     tokenizer.model_max_length = max_position_embeddings
     tokenizer.save_pretrained(out)
 
@@ -156,7 +158,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hidden-size", type=int, default=64)
     parser.add_argument("--num-layers", type=int, default=2)
     parser.add_argument("--max-position-embeddings", type=int, default=2048)
+    parser.add_argument("--corpus", default=None, help="a text file whose lines are added to the tokenizer corpus")
     args = parser.parse_args(argv)
+    extra = Path(args.corpus).read_text(encoding="utf-8").splitlines() if args.corpus else ()
     path = build_tiny_model(
         args.out,
         seed=args.seed,
@@ -164,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         hidden_size=args.hidden_size,
         num_layers=args.num_layers,
         max_position_embeddings=args.max_position_embeddings,
+        extra_corpus=extra,
     )
     print(path)
 

@@ -1,0 +1,133 @@
+"""Play ALFWorld games with a local causal LM outside verl (warm-start checks, quick evaluations).
+
+Games are played in lockstep: each turn the prompts of all unfinished games (the ``alfworld`` agent
+loop's prompts, same history window) are decoded as one batch by
+:class:`verl_sdar.cpu.hf_generation.HFGenerator`, projected to commands and stepped. With
+``skills``, each prompt is preceded by the privileged system block the SDAR teacher would see
+(header + the skills retrieved for the game's task type) -- that is how the policy does *with*
+skills in its own prompt.
+
+    python -m verl_sdar.envs.alfworld.evaluate MODEL_DIR GAMES_ROOT [--split valid_seen] [--max-steps 20]
+        [--skills envs/alfworld/skills] [--temperature 0] [--seed 0] [--limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass, field
+
+from verl_sdar.envs.alfworld.expert_sft import DEFAULT_HEADER
+from verl_sdar.envs.alfworld.prompts import build_prompt, project_action
+
+
+@dataclass
+class GameResult:
+    game: str
+    task_type: str
+    won: bool
+    steps: int
+    invalid: int
+    actions: list[str] = field(default_factory=list)
+
+
+def evaluate(model_dir: str, games: list[str], max_steps: int = 20, history_length: int = 2,
+             skills: str | None = None, temperature: float = 0.0, seed: int = 0,
+             max_new_tokens: int = 48, header: str = DEFAULT_HEADER) -> list[GameResult]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from verl_sdar.cpu.hf_generation import HFGenerator, SamplingSpec
+    from verl_sdar.envs.alfworld.dataset import task_type_of
+    from verl_sdar.envs.alfworld.play import AlfworldEnv, strip_welcome
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+    generator = HFGenerator(model, [tokenizer.eos_token_id], tokenizer.pad_token_id)
+    spec = SamplingSpec(temperature=temperature, top_p=1.0, top_k=-1, repetition_penalty=1.0,
+                        max_tokens=max_new_tokens, logprobs=False, prompt_logprobs=None, ignore_eos=False,
+                        stop_token_ids=())
+    retriever = None
+    if skills:
+        from verl_sdar.skills import SkillLibrary, make_retriever
+
+        retriever = make_retriever("task_type", SkillLibrary.load(skills))
+
+    envs, state = [], []
+    for game in games:
+        env = AlfworldEnv(max_steps=max_steps)
+        obs, info = env.reset(game)
+        task_type = task_type_of(game)
+        system = header + retriever.retrieve(task_type=task_type).text if retriever else None
+        envs.append(env)
+        state.append({"obs": strip_welcome(obs), "task": info.get("task", ""), "admissible": info["admissible_commands"],
+                      "history": [], "done": False, "result": GameResult(game, task_type, False, 0, 0), "system": system})
+    try:
+        for _ in range(max_steps):
+            active = [i for i, s in enumerate(state) if not s["done"]]
+            if not active:
+                break
+            prompts = []
+            for i in active:
+                s = state[i]
+                messages = [{"role": "user", "content": build_prompt(s["task"], s["obs"], s["admissible"], s["history"],
+                                                                      history_length)}]
+                if s["system"]:
+                    messages.insert(0, {"role": "system", "content": s["system"]})
+                prompts.append(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                           return_dict=False))
+            outputs = generator.generate([list(p) for p in prompts], [spec] * len(prompts))
+            for i, out in zip(active, outputs):
+                s, r = state[i], state[i]["result"]
+                projection = project_action(tokenizer.decode(out.token_ids, skip_special_tokens=True))
+                obs, _, done, info = envs[i].step(projection.action)
+                r.steps += 1
+                r.invalid += int(not projection.valid)
+                r.actions.append(projection.action)
+                r.won = bool(info.get("won", False))
+                s["history"].append((s["obs"], projection.action))
+                s["obs"], s["admissible"], s["done"] = obs, info["admissible_commands"], done or r.won
+    finally:
+        for env in envs:
+            env.close()
+    return [s["result"] for s in state]
+
+
+def summary(results: list[GameResult]) -> dict:
+    by_type: dict[str, list[bool]] = {}
+    for r in results:
+        by_type.setdefault(r.task_type, []).append(r.won)
+    return {
+        "games": len(results),
+        "success": sum(r.won for r in results) / max(len(results), 1),
+        "by_type": {t: sum(v) / len(v) for t, v in sorted(by_type.items())},
+        "invalid_turn_share": sum(r.invalid for r in results) / max(sum(r.steps for r in results), 1),
+        "mean_steps": sum(r.steps for r in results) / max(len(results), 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m verl_sdar.envs.alfworld.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("model_dir")
+    p.add_argument("root")
+    p.add_argument("--split", default="valid_seen")
+    p.add_argument("--max-steps", type=int, default=20)
+    p.add_argument("--history-length", type=int, default=2)
+    p.add_argument("--skills", default=None)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=0)
+    a = p.parse_args(argv)
+    from verl_sdar.envs.alfworld.play import find_games, split_dir
+
+    games = find_games(split_dir(a.split, a.root))[: a.limit or None]
+    t0 = time.perf_counter()
+    results = evaluate(a.model_dir, games, a.max_steps, a.history_length, a.skills, a.temperature, a.seed)
+    print(json.dumps({**summary(results), "seconds": round(time.perf_counter() - t0, 1)}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,205 @@
+"""Supervised warm start for ALFWorld: expert trajectories in the agent loop's own prompt format.
+
+The planner expert plays each game; every turn becomes one chat sample whose user message is
+exactly what the ``alfworld`` agent loop would show at that point (:func:`.prompts.build_prompt`,
+same history window) and whose assistant message is ``<think>...</think><action>expert action</action>``.
+A share of the samples (``skill_fraction``) also carries the privileged block the SDAR teacher
+sees: a system message ``sdar.privileged.header + skills`` retrieved for the game's task type from
+a skill library, so a model trained on the mix has seen prompts both with and without skills.
+
+    python -m verl_sdar.envs.alfworld.expert_sft GAMES_ROOT OUT.parquet [--split train]
+        [--skills envs/alfworld/skills] [--skill-fraction 0.5] [--history-length 2] [--seed 0]
+
+writes verl's multi-turn SFT format (a ``messages`` column, plus ``task_type``, ``game``, ``turn``,
+``with_skills``), usable by verl's SFT trainer and by :func:`sft_train`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from verl_sdar.envs.alfworld.prompts import build_prompt, format_response
+
+logger = logging.getLogger(__name__)
+DEFAULT_HEADER = "Useful knowledge for this task:\n"  # sdar.privileged.header's default
+
+
+@dataclass(frozen=True)
+class ExpertTurn:
+    game: str
+    task_type: str
+    turn: int
+    prompt: str
+    response: str
+
+
+def thought_for(action: str) -> str:
+    """A short template thought naming the action's intent (the expert has no words of its own)."""
+    verb = action.split(" ", 1)[0]
+    intents = {
+        "go": "I should go and look there.", "open": "I should open it to see inside.",
+        "take": "This is the object I need.", "move": "I can place the object here.",
+        "clean": "The object has to be cleaned first.", "heat": "The object has to be heated first.",
+        "cool": "The object has to be cooled first.", "use": "I need the light to examine it.",
+        "examine": "Now I can examine it.", "close": "I can close this.",
+    }
+    return intents.get(verb, "This brings me closer to the goal.")
+
+
+def expert_turns(games: list[str], history_length: int = 2, max_steps: int = 50) -> list[ExpertTurn]:
+    """Replay the planner expert on ``games``; one :class:`ExpertTurn` per expert step (won games only)."""
+    from verl_sdar.envs.alfworld.dataset import task_type_of
+    from verl_sdar.envs.alfworld.play import AlfworldEnv, run_expert, strip_welcome
+
+    turns: list[ExpertTurn] = []
+    env = AlfworldEnv(max_steps=max_steps)
+    try:
+        for game in games:
+            plan = run_expert(game, max_steps=max_steps)
+            if not plan.won:
+                logger.warning("expert did not win %s (%s): skipped", game, plan.error)
+                continue
+            obs, info = env.reset(game)
+            obs, task, admissible = strip_welcome(obs), info.get("task", ""), info["admissible_commands"]
+            history: list[tuple[str, str]] = []
+            for i, action in enumerate(plan.actions):
+                prompt = build_prompt(task, obs, admissible, history, history_length)
+                turns.append(ExpertTurn(game, task_type_of(game), i, prompt, format_response(thought_for(action), action)))
+                next_obs, _, _, info = env.step(action)
+                history.append((obs, action))
+                obs, admissible = next_obs, info["admissible_commands"]
+    finally:
+        env.close()
+    return turns
+
+
+def sft_rows(turns: list[ExpertTurn], skills: str | None, skill_fraction: float, seed: int = 0,
+             header: str = DEFAULT_HEADER) -> list[dict]:
+    """Chat samples; a seeded ``skill_fraction`` of them (by game) get the privileged system block."""
+    if not 0.0 <= skill_fraction <= 1.0:
+        raise ValueError(f"skill_fraction must be in [0, 1], got {skill_fraction}")
+    retriever = None
+    if skills and skill_fraction > 0:
+        from verl_sdar.skills import SkillLibrary, make_retriever
+
+        retriever = make_retriever("task_type", SkillLibrary.load(skills))
+    rng = random.Random(seed)
+    with_skills = {g: rng.random() < skill_fraction for g in sorted({t.game for t in turns})}
+    rows = []
+    for t in turns:
+        messages = [{"role": "user", "content": t.prompt}, {"role": "assistant", "content": t.response}]
+        use = retriever is not None and with_skills[t.game]
+        if use:
+            text = retriever.retrieve(task_type=t.task_type).text
+            messages.insert(0, {"role": "system", "content": header + text})
+        rows.append({"messages": messages, "task_type": t.task_type, "game": t.game, "turn": t.turn,
+                     "with_skills": bool(use)})
+    return rows
+
+
+def tokenize_rows(tokenizer, rows: list[dict], max_length: int) -> list[tuple[list[int], list[int]]]:
+    """(input ids, loss mask) per sample: the loss covers the assistant message and its end-of-turn."""
+    samples = []
+    for row in rows:
+        messages = list(row["messages"])
+        prompt = list(tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True,
+                                                    return_dict=False))
+        full = list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False))
+        if full[: len(prompt)] != prompt:
+            raise ValueError("the chat template does not extend the prompt with the assistant message")
+        if len(full) > max_length:
+            raise ValueError(f"sample of {len(full)} tokens exceeds max_length={max_length}")
+        # the loss covers the response up to its end-of-turn token (what generation produces), not the
+        # template's trailing newline after it
+        end = len(full)
+        eos = tokenizer.eos_token_id
+        while end > len(prompt) and full[end - 1] != eos:
+            end -= 1
+        end = end if end > len(prompt) else len(full)
+        samples.append((full, [0] * len(prompt) + [1] * (end - len(prompt)) + [0] * (len(full) - end)))
+    return samples
+
+
+def sft_train(model_dir: str, rows: list[dict], out_dir: str, epochs: int = 3, lr: float = 1e-3,
+              batch_size: int = 16, max_length: int = 2048, seed: int = 0, log_every: int = 20) -> list[dict]:
+    """Plain next-token SFT on the assistant tokens (AdamW, cosine decay); saves to ``out_dir``.
+
+    Returns the logged ``{"step", "epoch", "loss"}`` records (mean over the last ``log_every`` steps).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+    model.train()
+    samples = tokenize_rows(tokenizer, rows, max_length)
+    steps_per_epoch = (len(samples) + batch_size - 1) // batch_size
+    total = epochs * steps_per_epoch
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / max(total // 20, 1)) * 0.5 * (1 + math.cos(math.pi * s / total)))
+    rng = random.Random(seed)
+    log, window, step = [], [], 0
+    for epoch in range(epochs):
+        order = list(range(len(samples)))
+        rng.shuffle(order)
+        for start in range(0, len(order), batch_size):
+            batch = [samples[i] for i in order[start : start + batch_size]]
+            width = max(len(ids) for ids, _ in batch)
+            input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            labels = torch.full((len(batch), width), -100, dtype=torch.long)
+            for row, (ids, mask) in enumerate(batch):
+                input_ids[row, : len(ids)] = torch.tensor(ids)
+                attention[row, : len(ids)] = 1
+                labels[row, : len(ids)] = torch.tensor([t if m else -100 for t, m in zip(ids, mask)])
+            loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            window.append(float(loss))
+            if step % log_every == 0 or step == total:
+                log.append({"step": step, "epoch": epoch, "loss": sum(window) / len(window)})
+                logger.info("sft step %d/%d epoch %d loss %.4f", step, total, epoch, log[-1]["loss"])
+                print(f"sft step {step}/{total} epoch {epoch} loss {log[-1]['loss']:.4f}", flush=True)
+                window = []
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return log
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m verl_sdar.envs.alfworld.expert_sft", description=__doc__.split("\n\n")[0])
+    p.add_argument("root", help="ALFWorld data root (json_2.1.1/<split>/...)")
+    p.add_argument("out", help="output parquet")
+    p.add_argument("--split", default="train")
+    p.add_argument("--skills", default=None, help="skill library folder (e.g. envs/alfworld/skills)")
+    p.add_argument("--skill-fraction", type=float, default=0.5)
+    p.add_argument("--history-length", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+
+    import pandas as pd
+
+    from verl_sdar.envs.alfworld.play import find_games, split_dir
+
+    games = find_games(split_dir(a.split, a.root))
+    rows = sft_rows(expert_turns(games, a.history_length), a.skills, a.skill_fraction, a.seed)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_parquet(a.out)
+    print(json.dumps({"games": len(games), "samples": len(rows), "with_skills": sum(r["with_skills"] for r in rows)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
