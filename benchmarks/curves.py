@@ -41,6 +41,15 @@ KEEP = (  # metric prefixes kept in the raw files
 )
 
 
+def round_robin_by_type(games: list[str]) -> list[str]:
+    """Games reordered so that any prefix covers the task types evenly (paths start with the type)."""
+    by_type: dict[str, list[str]] = {}
+    for game in games:
+        by_type.setdefault(Path(game).parent.parent.name.split("-")[0], []).append(game)
+    queues = [by_type[t] for t in sorted(by_type)]
+    return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
+
+
 def build_data(warm: Path, out: Path, n_val: int) -> None:
     import pandas as pd
 
@@ -51,7 +60,7 @@ def build_data(warm: Path, out: Path, n_val: int) -> None:
     games = warm / "games"
     pd.DataFrame(make_rows(find_games(split_dir("train", games)), "train")).to_parquet(out / "train.parquet")
     for split, source in (("valid_seen", "alfworld_seen"), ("valid_unseen", "alfworld_unseen")):
-        rows = make_rows(find_games(split_dir(split, games))[:n_val], split)
+        rows = make_rows(round_robin_by_type(find_games(split_dir(split, games)))[:n_val], split)
         for row in rows:
             row["data_source"] = source
         pd.DataFrame(rows).to_parquet(out / f"{split}.parquet")
