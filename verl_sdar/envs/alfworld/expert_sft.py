@@ -167,7 +167,7 @@ def sft_train(model_dir: str, rows: list[dict], out_dir: str, epochs: int = 3, l
             optimizer.step()
             scheduler.step()
             step += 1
-            window.append(float(loss))
+            window.append(float(loss.detach()))
             if step % log_every == 0 or step == total:
                 log.append({"step": step, "epoch": epoch, "loss": sum(window) / len(window)})
                 logger.info("sft step %d/%d epoch %d loss %.4f", step, total, epoch, log[-1]["loss"])
