@@ -20,7 +20,7 @@ $(STAMP): setup.py
 	# torch first: this pin takes the local CPU build (a plain `torch` would pull CUDA wheels)
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
 	# alfworld builds jericho and fast-downward from source (a few minutes, gcc + cmake)
-	$(PY) -m pip install -q -e '.[test,alfworld,search,webshop]' --config-settings editable_mode=compat
+	$(PY) -m pip install -q -e '.[test,alfworld,search,webshop,bench]' --config-settings editable_mode=compat
 	touch $@
 
 test: install

@@ -38,6 +38,8 @@ setup(
         # the generated set must not change under us)
         "search": ["bm25s>=0.3,<0.4", "countryinfo==1.0.1"],
         "webshop": ["bm25s>=0.3,<0.4"],
+        # plots of benchmarks/curves.py --report
+        "bench": ["matplotlib>=3.8,<4"],
         # GPU only; never installed in CI.
         "vllm": ["vllm"],
     },

@@ -4,15 +4,16 @@ Every (method, seed) is one run of verl's real ``main_ppo`` on CPU (recipe
 ``recipes/alfworld/tiny_cpu_sdar.yaml`` plus the overrides below), from the warm-start model of
 ``benchmarks/warmstart.py``, on its generated games: training on the train split, validation on
 valid_seen and valid_unseen (data sources ``alfworld_seen`` / ``alfworld_unseen``) before training
-and every ``--test-freq`` steps. The teacher's privileged context is our ALFWorld skill library
-(task-type retrieval) for every method that has a teacher.
+and every ``--test-freq`` steps (greedy). The teacher's privileged context is each game's expert
+route (``extra_info.privileged``, ``verl_sdar.envs.alfworld.privileged.route_hint``; the warm start
+learned to use it, see docs/warmstart.md) for every method that has a teacher.
 
 Runs are independent and resumable in parts: a run whose ``docs/results/raw/<method>_seed<k>.jsonl``
 exists is skipped, so the sweep can be spread over several sessions (``--methods``, ``--seeds``).
 Each raw file holds one JSON line per logged step with the metrics the plots use.
 
-    python benchmarks/curves.py [--methods grpo,grpo_opsd,sdar,rlsd,opsd] [--seeds 0,1,2] [--steps 8]
-    python benchmarks/curves.py --report        # the table (initial / final / best success) from the raw files
+    python benchmarks/curves.py [--methods grpo,grpo_opsd,sdar,rlsd,opsd] [--seeds 0,1,2] [--steps 6]
+    python benchmarks/curves.py --report        # docs/results.md, its PNG plots and table, from the raw files
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ METHODS = {  # name -> algorithm group (and overrides)
     "opsd": ["algorithm=opsd"],
 }
 KEEP = (  # metric prefixes kept in the raw files
-    "val-core/alfworld_seen/", "val-core/alfworld_unseen/", "val-aux/alfworld_seen/success/mean",
-    "val-aux/alfworld_unseen/success/mean", "episode/", "sdar/gate_mean", "sdar/gate_active_ratio",
+    "val-core/alfworld_seen/", "val-core/alfworld_unseen/", "val-aux/alfworld_seen/episodes/",
+    "val-aux/alfworld_unseen/episodes/", "episode/", "sdar/gate_mean", "sdar/gate_active_ratio",
     "sdar/gap_mean", "sdar/gap_std", "actor/kl_loss", "actor/entropy", "actor/pg_loss", "actor/sdar/",
     "critic/score/mean", "sdar/invalid_action_rows", "timing_s/step",
 )
@@ -55,24 +56,32 @@ def build_data(warm: Path, out: Path, n_val: int) -> None:
 
     from verl_sdar.envs.alfworld.dataset import make_rows
     from verl_sdar.envs.alfworld.play import find_games, split_dir
+    from verl_sdar.envs.alfworld.privileged import route_hint
 
     out.mkdir(parents=True, exist_ok=True)
     games = warm / "games"
-    pd.DataFrame(make_rows(find_games(split_dir("train", games)), "train")).to_parquet(out / "train.parquet")
+    rows = make_rows(find_games(split_dir("train", games)), "train", privileged=route_hint)
+    pd.DataFrame(rows).to_parquet(out / "train.parquet")
     for split, source in (("valid_seen", "alfworld_seen"), ("valid_unseen", "alfworld_unseen")):
-        rows = make_rows(round_robin_by_type(find_games(split_dir(split, games)))[:n_val], split)
+        rows = make_rows(round_robin_by_type(find_games(split_dir(split, games)))[:n_val], split, privileged=route_hint)
         for row in rows:
             row["data_source"] = source
         pd.DataFrame(rows).to_parquet(out / f"{split}.parquet")
 
 
+INITIAL = "initial"  # raw file of the warm start's own validation (step 0 of every run)
+
+
 def run(method: str, seed: int, a, data: Path, raw_dir: Path) -> Path:
-    work = Path(a.work) / f"{method}_seed{seed}"
+    """One main_ppo run; ``method == INITIAL``: validation only, of the warm start (greedy, so the
+    same for every method and seed: measured once and used as step 0 of every curve)."""
+    name = INITIAL if method == INITIAL else f"{method}_seed{seed}"
+    work = Path(a.work).resolve() / name
     work.mkdir(parents=True, exist_ok=True)
     metrics = work / "metrics.jsonl"
     metrics.unlink(missing_ok=True)
     overrides = [
-        *METHODS[method],
+        *METHODS.get(method, ["algorithm=grpo", "trainer.val_only=true"]),
         f"actor_rollout_ref.model.path={Path(a.warmstart).resolve() / 'warmstart-model'}",
         f"data.train_files={data / 'train.parquet'}",
         f"data.val_files=[{data / 'valid_seen.parquet'},{data / 'valid_unseen.parquet'}]",
@@ -80,13 +89,10 @@ def run(method: str, seed: int, a, data: Path, raw_dir: Path) -> Path:
         f"env.rollout.n={a.group}", f"env.max_steps={a.max_env_steps}", f"env.seed={seed}",
         f"actor_rollout_ref.actor.optim.lr={a.lr}", "data.max_prompt_length=1536", "data.max_response_length=48",
         f"data.val_batch_size={2 * a.n_val}", "data.shuffle=true",
-        f"trainer.total_training_steps={a.steps}", f"trainer.test_freq={a.test_freq}", "trainer.val_before_train=true",
-        "trainer.save_freq=-1", f"trainer.experiment_name=curves_{method}_seed{seed}",
+        f"trainer.total_training_steps={a.steps}", f"trainer.test_freq={a.test_freq}", f"trainer.val_before_train={method == INITIAL}",
+        "trainer.save_freq=-1", f"trainer.experiment_name=curves_{name}",
         "trainer.logger=[console,file]", f"hydra.run.dir={work / 'hydra'}",
-        "sdar.privileged.source=skills", f"sdar.skills.library={REPO / 'envs' / 'alfworld' / 'skills'}",
     ]
-    if method == "grpo":  # no teacher: the skills settings would be unused
-        overrides = [o for o in overrides if not o.startswith("sdar.")]
     env = dict(os.environ, VERL_SDAR_WORK=str(work), VERL_FILE_LOGGER_PATH=str(metrics), TOKENIZERS_PARALLELISM="false",
                WANDB_MODE="disabled", HYDRA_FULL_ERROR="1")
     cmd = [sys.executable, "-m", "verl.trainer.main_ppo", f"--config-path={REPO / 'recipes' / 'alfworld'}",
@@ -95,46 +101,260 @@ def run(method: str, seed: int, a, data: Path, raw_dir: Path) -> Path:
     with open(work / "run.log", "w") as log:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
     if proc.returncode != 0:
-        raise SystemExit(f"{method} seed {seed} failed (rc {proc.returncode}); see {work / 'run.log'}")
-    raw = raw_dir / f"{method}_seed{seed}.jsonl"
+        raise SystemExit(f"{name} failed (rc {proc.returncode}); see {work / 'run.log'}")
+    raw = raw_dir / f"{name}.jsonl"
     with open(raw, "w") as out:
         for line in metrics.read_text().splitlines():
             record = json.loads(line)
             kept = {k: v for k, v in record["data"].items() if k.startswith(KEEP)}
             out.write(json.dumps({"step": record["step"], **kept}) + "\n")
-    print(f"{method} seed {seed}: {time.perf_counter() - t0:.0f} s -> {raw}", flush=True)
+    seconds = time.perf_counter() - t0
+    timings_file = raw_dir / "wall_seconds.json"
+    timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
+    timings[name] = round(seconds, 1)
+    timings_file.write_text(json.dumps(timings, indent=1, sort_keys=True))
+    print(f"{name}: {seconds:.0f} s -> {raw}", flush=True)
     return raw
 
 
+# ----------------------------------------------------------------------------------- analysis
+SOURCES = ("alfworld_seen", "alfworld_unseen")
+DROP = 0.25        # a success drop: an evaluation this much (absolute) below the previous one
+KL_FACTOR = 3.0    # a KL spike: a step whose KL to the reference exceeds 3x the run's median KL ...
+KL_FLOOR = 1e-3    # ... and this floor
+TRAIN_PANELS = (("sdar/gate_mean", "gate mean"), ("sdar/gate_active_ratio", "gate active ratio (g > 0.5)"),
+                ("sdar/gap_mean", "teacher - student log-prob gap"), ("actor/kl_loss", "KL to reference (low_var_kl)"),
+                ("actor/entropy", "entropy"), ("episode/success_rate", "training episode success"))
+
+
+def load_runs(raw_dir: Path) -> dict[str, dict[int, list[dict]]]:
+    """``{method: {seed: records}}`` from ``<method>_seed<k>.jsonl`` files, each preceded by the warm
+    start's validation (``initial.jsonl``, step 0) when a run has no step-0 record of its own."""
+    initial_file = raw_dir / f"{INITIAL}.jsonl"
+    initial = [json.loads(line) for line in initial_file.read_text().splitlines()] if initial_file.exists() else []
+    runs: dict[str, dict[int, list[dict]]] = {}
+    for path in sorted(raw_dir.glob("*_seed*.jsonl")):
+        method, seed = path.stem.rsplit("_seed", 1)
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        if not any(r["step"] == 0 for r in records):
+            records = [{**r, "step": 0} for r in initial] + records
+        runs.setdefault(method, {})[int(seed)] = records
+    return runs
+
+
+def series(records: list[dict], key: str) -> dict[int, float]:
+    """``{step: value}`` of one metric (steps where it was logged)."""
+    return {r["step"]: float(r[key]) for r in records if key in r}
+
+
 def success_series(records: list[dict], source: str) -> dict[int, float]:
-    key = f"val-aux/{source}/success/mean@1"
-    return {r["step"]: r[key] for r in records if key in r}
+    """Validation success (share of episodes won) per evaluated step for one data source."""
+    return series(records, f"val-core/{source}/episode_success")
 
 
-def report(raw_dir: Path, out: Path) -> str:
-    """Per method: final and best validation success (mean ± std over seeds), from the raw files."""
+def band(runs: list[dict[int, float]]) -> tuple[list[int], list[float], list[float], list[float]]:
+    """Steps present in every run, with the mean, min and max over runs at each."""
+    if not runs:
+        return [], [], [], []
+    steps = sorted(set.intersection(*(set(r) for r in runs)))
+    return (steps, [sum(r[s] for r in runs) / len(runs) for s in steps],
+            [min(r[s] for r in runs) for s in steps], [max(r[s] for r in runs) for s in steps])
+
+
+def success_drops(curve: dict[int, float], threshold: float = DROP) -> int:
+    """Evaluations that fell at least ``threshold`` below the previous evaluation."""
+    values = [curve[s] for s in sorted(curve)]
+    return sum(1 for a, b in zip(values, values[1:]) if a - b >= threshold - 1e-12)
+
+
+def kl_spikes(kl: dict[int, float], factor: float = KL_FACTOR, floor: float = KL_FLOOR) -> int:
+    """Steps whose KL exceeds ``factor`` x the run's median KL and ``floor``."""
     import statistics
 
-    runs: dict[str, list[list[dict]]] = {}
-    for path in sorted(raw_dir.glob("*_seed*.jsonl")):
-        method = path.stem.rsplit("_seed", 1)[0]
-        runs.setdefault(method, []).append([json.loads(line) for line in path.read_text().splitlines()])
-    lines = ["| method | seeds | split | initial | final | best |", "|---|---|---|---|---|---|"]
+    if not kl:
+        return 0
+    median = statistics.median(kl.values())
+    return sum(1 for v in kl.values() if v > max(factor * median, floor))
 
-    def fmt(values: list[float]) -> str:
-        return f"{statistics.mean(values):.3f} ± {statistics.pstdev(values):.3f}" if values else "-"
 
-    for method in [m for m in METHODS if m in runs]:
-        for source in ("alfworld_seen", "alfworld_unseen"):
-            series = [success_series(records, source) for records in runs[method]]
-            series = [s for s in series if s]
-            first = [s[min(s)] for s in series]
-            final = [s[max(s)] for s in series]
-            best = [max(s.values()) for s in series]
-            lines.append(f"| {method} | {len(series)} | {source.split('_')[1]} | {fmt(first)} | {fmt(final)} | {fmt(best)} |")
-    table = "\n".join(lines) + "\n"
-    out.write_text(table)
-    return table
+def steps_to_reach(steps: list[int], mean: list[float], target: float) -> int | None:
+    """First evaluated step whose (seed-mean) success is at least ``target``; ``None`` if never."""
+    return next((s for s, m in zip(steps, mean) if m >= target - 1e-12), None)
+
+
+def mean_std(values: list[float]) -> str:
+    import statistics
+
+    if not values:
+        return "-"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} ± {std:.3f}"
+
+
+def summarise(runs: dict[str, dict[int, list[dict]]]) -> list[dict]:
+    """One row per (method, split): initial / final / best success over seeds, steps to GRPO's final
+    success (seed-mean curves), success drops and KL spikes summed over seeds."""
+    rows = []
+    grpo_final = {}
+    for source in SOURCES:
+        curves = [success_series(r, source) for r in runs.get("grpo", {}).values()]
+        steps, mean, _, _ = band([c for c in curves if c])
+        grpo_final[source] = mean[-1] if mean else None
+    for method in [m for m in METHODS if m in runs] + sorted(set(runs) - set(METHODS)):
+        for source in SOURCES:
+            curves = [c for c in (success_series(r, source) for r in runs[method].values()) if c]
+            steps, mean, _, _ = band(curves)
+            target = grpo_final[source]
+            rows.append({
+                "method": method, "split": source.split("_", 1)[1], "seeds": len(curves),
+                "initial": [c[min(c)] for c in curves], "final": [c[max(c)] for c in curves],
+                "best": [max(c.values()) for c in curves],
+                "steps_to_grpo_final": steps_to_reach(steps, mean, target) if target is not None else None,
+                "success_drops": sum(success_drops(c) for c in curves),
+                "kl_spikes": sum(kl_spikes(series(r, "actor/kl_loss")) for r in runs[method].values()),
+            })
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| method | split | seeds | initial | final | best | steps to GRPO's final | success drops | KL spikes |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        reach = "-" if r["steps_to_grpo_final"] is None else str(r["steps_to_grpo_final"])
+        lines.append(f"| {r['method']} | {r['split']} | {r['seeds']} | {mean_std(r['initial'])} | {mean_std(r['final'])} | "
+                     f"{mean_std(r['best'])} | {reach} | {r['success_drops']} | {r['kl_spikes']} |")
+    return "\n".join(lines) + "\n"
+
+
+def verdict(rows: list[dict]) -> list[str]:
+    """Plain statements computed from the table: SDAR vs GRPO, GRPO+OPSD's stability."""
+    import statistics
+
+    by = {(r["method"], r["split"]): r for r in rows}
+    out = []
+    for split in ("seen", "unseen"):
+        sdar, grpo = by.get(("sdar", split)), by.get(("grpo", split))
+        if not (sdar and grpo and sdar["final"] and grpo["final"]):
+            continue
+        diff = statistics.mean(sdar["final"]) - statistics.mean(grpo["final"])
+        spread = max(statistics.stdev(v) if len(v) > 1 else 0.0 for v in (sdar["final"], grpo["final"]))
+        word = "higher than" if diff > 0 else "lower than" if diff < 0 else "equal to"
+        size = "larger than" if abs(diff) > spread else "within"
+        out.append(f"- eval-{split}: SDAR's final success is {word} GRPO's by {abs(diff):.3f} "
+                   f"({statistics.mean(sdar['final']):.3f} vs {statistics.mean(grpo['final']):.3f}); the difference is "
+                   f"{size} the larger seed standard deviation ({spread:.3f}).")
+    naive = [r for r in rows if r["method"] == "grpo_opsd"]
+    base = [r for r in rows if r["method"] == "grpo"]
+    if naive and base:
+        out.append(f"- GRPO+OPSD (beta 0): {sum(r['success_drops'] for r in naive)} success drops "
+                   f"(>= {DROP} between evaluations) and {naive[0]['kl_spikes']} KL spikes over its seeds, "
+                   f"against GRPO's {sum(r['success_drops'] for r in base)} and {base[0]['kl_spikes']}.")
+    return out
+
+
+def plot(runs: dict[str, dict[int, list[dict]]], out_dir: Path) -> list[str]:
+    """success.png (per split) and training.png (gate, gap, KL, entropy, training success); seed bands = min..max."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in METHODS if m in runs]
+    colours = dict(zip(METHODS, ("tab:gray", "tab:orange", "tab:blue", "tab:green", "tab:red")))
+    written = []
+
+    def draw(ax, curves, method):
+        steps, mean, lo, hi = band([c for c in curves if c])
+        if steps:
+            ax.plot(steps, mean, marker="o", ms=3, color=colours.get(method), label=f"{method} ({len(curves)} seeds)")
+            ax.fill_between(steps, lo, hi, color=colours.get(method), alpha=0.15)
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    for ax, source in zip(axes, SOURCES):
+        for method in methods:
+            draw(ax, [success_series(r, source) for r in runs[method].values()], method)
+        ax.set_title(f"eval-{source.split('_', 1)[1]} success (greedy)")
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("share of games won")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "success.png", dpi=110)
+    written.append("success.png")
+    plt.close(fig)
+
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+    for ax, (key, title) in zip(axes.flat, TRAIN_PANELS):
+        for method in methods:
+            draw(ax, [series(r, key) for r in runs[method].values()], method)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "training.png", dpi=110)
+    written.append("training.png")
+    plt.close(fig)
+    return written
+
+
+def report(raw_dir: Path, doc: Path) -> str:
+    """docs/results.md with the table, the plots (next to the raw files) and computed statements."""
+    runs = load_runs(raw_dir)
+    if not runs:
+        raise SystemExit(f"no raw run files under {raw_dir}; run the sweep first")
+    settings_file = raw_dir / "settings.json"
+    settings = json.loads(settings_file.read_text()) if settings_file.exists() else {}
+    rows = summarise(runs)
+    text_table = table(rows)
+    (raw_dir.parent / "table.md").write_text(text_table)
+    (raw_dir.parent / "summary.json").write_text(json.dumps(rows, indent=1))
+    pictures = plot(runs, raw_dir.parent)
+    walls_file = raw_dir / "wall_seconds.json"
+    walls = sorted(json.loads(walls_file.read_text()).values()) if walls_file.exists() else []
+    rel = os.path.relpath(raw_dir.parent, doc.parent)
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items() if k not in ("report",))
+    lines = [
+        "# Does SDAR help? Learning curves on offline ALFWorld (tiny model, CPU)\n",
+        "Generated by `python benchmarks/curves.py --report` from the raw per-run files in "
+        f"`{os.path.relpath(raw_dir, doc.parent)}/` (one JSON line per step; re-plot from them).\n",
+        "## What ran\n",
+        f"- runs: `python benchmarks/curves.py {flags}` -- one `python -m verl.trainer.main_ppo` per (method, seed) "
+        "on CPU, recipe `recipes/alfworld/tiny_cpu_sdar.yaml` + the script's overrides; warm start from "
+        "`benchmarks/warmstart.py` (docs/warmstart.md)."
+        + (f" {len(walls)} runs, {sum(walls) / 60:.0f} min of wall time in all (median {walls[len(walls) // 2]:.0f} s per run; "
+           "2 CPU cores, one run at a time)." if walls else ""),
+        "- methods: " + ", ".join(f"{m} (`{' '.join(METHODS[m])}`)" for m in METHODS if m in runs) + "; the teacher's "
+        "privileged context is the game's expert route (`extra_info.privileged`).",
+        "- success = share of validation games won, greedy decoding, on eval-seen and eval-unseen (task types "
+        "round-robin); seeds change the training data order, rollouts and the environment seed; validation at "
+        "step 0 is the warm start itself, measured once (`initial.jsonl`, a `trainer.val_only=true` run) and "
+        "shared by every curve.",
+        f"- table: mean ± sample std over seeds; success drop = an evaluation >= {DROP} below the previous one; "
+        f"KL spike = a step whose `actor/kl_loss` > {KL_FACTOR} x the run's median and > {KL_FLOOR}; "
+        "steps to GRPO's final = first evaluated step whose seed-mean success reaches GRPO's seed-mean final "
+        "success ('-' = never).\n",
+        "## Result\n",
+        *verdict(rows),
+        "",
+        text_table,
+        *[f"![{p}]({rel}/{p})\n" for p in pictures],
+        "Bands: min..max over seeds; lines: seed mean.\n",
+        "## Caveats\n",
+        CAVEATS,
+    ]
+    text = "\n".join(lines) + "\n"
+    doc.write_text(text)
+    return text
+
+
+CAVEATS = """\
+This is the mechanism at toy scale, not a replication of the paper's numbers: a ~2M-parameter
+model trained from scratch on 360 generated games, a handful of RL steps with small groups, and a
+few validation games per split, so one game is a large step in success and seed spread is wide.
+The privileged context is the game's expert route, not the paper's retrieved skills (our generic
+skill text did not change what the warm start does; see docs/warmstart.md). Method settings are
+the paper's (SDAR coefficient 0.01, beta 5; KL 0.01 low_var_kl; clip 0.2), not tuned here."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,27 +364,40 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmstart", default=".work/warmstart")
     p.add_argument("--work", default=".work/curves")
     p.add_argument("--raw-dir", default="docs/results/raw")
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--test-freq", type=int, default=4)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--test-freq", type=int, default=3)
     p.add_argument("--games-per-step", type=int, default=2)
     p.add_argument("--group", type=int, default=4)
     p.add_argument("--max-env-steps", type=int, default=10)
     p.add_argument("--n-val", type=int, default=12)
     p.add_argument("--lr", type=float, default=2e-5)
-    p.add_argument("--report", action="store_true", help="only write the table from the raw files")
+    p.add_argument("--doc", default="docs/results.md")
+    p.add_argument("--report", action="store_true", help="only write --doc, its plots and table from the raw files")
     a = p.parse_args(argv)
     raw_dir = Path(a.raw_dir)
     if a.report:
-        print(report(raw_dir, raw_dir.parent / "table.md"))
+        print(report(raw_dir, Path(a.doc)))
         return 0
+    methods = a.methods.split(",")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+    seeds = [int(s) for s in a.seeds.split(",")]
     raw_dir.mkdir(parents=True, exist_ok=True)
-    data = Path(a.work) / "data"
+    # runs made in parts must share their settings, or the curves would mix different experiments
+    settings = {k: v for k, v in vars(a).items() if k not in ("methods", "seeds", "work", "raw_dir", "doc", "report")}
+    settings_file = raw_dir / "settings.json"
+    if settings_file.exists() and json.loads(settings_file.read_text()) != settings:
+        raise SystemExit(f"{settings_file} holds other settings ({settings_file.read_text().strip()}); use another "
+                         "--raw-dir or the same options")
+    settings_file.write_text(json.dumps(settings, indent=1))
+    data = Path(a.work).resolve() / f"data_nval{a.n_val}"
     if not (data / "train.parquet").exists():
         build_data(Path(a.warmstart), data, a.n_val)
-    for method in a.methods.split(","):
-        if method not in METHODS:
-            raise SystemExit(f"unknown method {method!r}; choose from {list(METHODS)}")
-        for seed in (int(s) for s in a.seeds.split(",")):
+    if not (raw_dir / f"{INITIAL}.jsonl").exists():
+        run(INITIAL, 0, a, data, raw_dir)
+    for method in methods:
+        for seed in seeds:
             if (raw_dir / f"{method}_seed{seed}.jsonl").exists():
                 print(f"{method} seed {seed}: done before, skipped", flush=True)
                 continue

@@ -4,13 +4,16 @@ Steps (each cached under ``--work``; delete a file to redo that step):
 
 1. generate ALFWorld games (``verl_sdar.envs.alfworld.generator``): train / valid_seen / valid_unseen;
 2. replay the planner expert on the train games into chat samples in the agent loop's prompt
-   format (``verl_sdar.envs.alfworld.expert_sft``); ``--skill-fraction`` of the games also get
-   the privileged skills block (our ALFWorld skill library, by task type);
+   format (``verl_sdar.envs.alfworld.expert_sft``, cached as ``expert_turns.parquet``);
+   ``--fraction`` of the games also get the privileged block (``--privileged route``: the game's
+   expert route, or ``skills``: our ALFWorld skill library by task type;
+   ``verl_sdar.envs.alfworld.privileged``);
 3. build a tiny Qwen2-architecture model whose tokenizer is trained on those samples;
-4. supervised fine-tuning on the assistant tokens (``expert_sft.sft_train``: plain PyTorch, see
-   docs/warmstart.md for why not verl's SFT trainer);
-5. play valid_seen and valid_unseen greedily, without and with skills in the policy's prompt
-   (``verl_sdar.envs.alfworld.evaluate``), and write the table to ``--out``.
+4. supervised fine-tuning on the assistant tokens (``expert_sft.sft_train``: plain PyTorch; verl's
+   SFT trainer does not start on CPU, see ``WHY_NOT_VERL_SFT``);
+5. play valid_seen and valid_unseen (greedy and sampled at ``--temperature``), without and with the
+   privileged block in the policy's prompt (``verl_sdar.envs.alfworld.evaluate``), and write the
+   table to ``--out``.
 
     python benchmarks/warmstart.py [--work .work/warmstart] [--out docs/warmstart.md]
 """
@@ -29,35 +32,53 @@ SHORT = {"pick_and_place_simple": "pick", "look_at_obj_in_light": "look", "pick_
          "pick_two_obj_and_place": "two"}
 
 
+WHY_NOT_VERL_SFT = """\
+**Why not verl's SFT trainer.** Tried on this machine with verl 0.9.1 (`torchrun --standalone
+--nproc_per_node=1 -m verl.trainer.sft_trainer trainer.device=cpu engine.strategy=fsdp2
+data.messages_key=messages ...` on these samples): it exits at start-up in
+`verl.utils.distributed.initialize_global_process_group`, which builds the process-group backend
+`"cpu:gloo,cpu:gloo"` on a CPU-only machine, and torch rejects it ("Duplicate device type cpu").
+verl-sdar's CPU patch fixes the same default only on the Ray path that `main_ppo` uses
+(`initialize_global_process_group_ray`, `verl_sdar/cpu/patches.py`); extending it to the torchrun
+SFT path, and checking the rest of that trainer on CPU, is not done. The samples are written in
+verl's multi-turn SFT format (`messages` column), so on a GPU machine the same parquet file trains
+with verl's trainer unchanged; here `expert_sft.sft_train` (next-token loss on the assistant tokens,
+AdamW, cosine schedule) is the stand-in.
+"""
+
+
 def command_line(a: argparse.Namespace) -> str:
     """The options of this run, spelled as command-line flags (defaults included)."""
-    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items() if k not in ("work", "out", "skills"))
+    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items() if k not in ("out", "skills"))
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", default=".work/warmstart")
     p.add_argument("--out", default="docs/warmstart.md")
-    p.add_argument("--n-train", type=int, default=120)
+    p.add_argument("--n-train", type=int, default=360)
     p.add_argument("--n-eval", type=int, default=24)
     p.add_argument("--skills", default=str(REPO / "envs" / "alfworld" / "skills"))
-    p.add_argument("--skill-fraction", type=float, default=0.5)
-    p.add_argument("--hidden-size", type=int, default=128)
+    p.add_argument("--privileged", choices=("route", "skills"), default="route")
+    p.add_argument("--fraction", type=float, default=0.5, help="share of train games whose samples get the block")
+    p.add_argument("--hidden-size", type=int, default=192)
     p.add_argument("--num-layers", type=int, default=4)
     p.add_argument("--vocab-size", type=int, default=2048)
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-steps", type=int, default=20)
+    p.add_argument("--temperature", type=float, default=1.0, help="sampled evaluation (besides greedy)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
 
     import pandas as pd
 
     from verl_sdar.envs.alfworld.evaluate import evaluate, summary
-    from verl_sdar.envs.alfworld.expert_sft import expert_turns, sft_rows, sft_train
+    from verl_sdar.envs.alfworld.expert_sft import ExpertTurn, expert_turns, sft_rows, sft_train
     from verl_sdar.envs.alfworld.generator import generate
     from verl_sdar.envs.alfworld.play import find_games, split_dir
+    from verl_sdar.envs.alfworld.privileged import privileged_text
     from verl_sdar.tiny_model import build_tiny_model
 
     work = Path(a.work)
@@ -69,12 +90,17 @@ def main(argv: list[str] | None = None) -> int:
         generate(str(games), a.n_train, a.n_eval, a.n_eval, seed=a.seed, initial_state=False,
                  log=lambda m: print(m, flush=True))
         timings["generate_s"] = time.perf_counter() - t0
-    sft_file = work / "sft_train.parquet"
-    if not sft_file.exists():
+    turns_file = work / "expert_turns.parquet"
+    if not turns_file.exists():
         t0 = time.perf_counter()
         turns = expert_turns(find_games(split_dir("train", games)))
-        pd.DataFrame(sft_rows(turns, a.skills, a.skill_fraction, a.seed)).to_parquet(sft_file)
+        pd.DataFrame([vars(t) for t in turns]).to_parquet(turns_file)
         timings["expert_replay_s"] = time.perf_counter() - t0
+    text_for = privileged_text(a.privileged, a.skills)
+    sft_file = work / "sft_train.parquet"
+    if not sft_file.exists():
+        turns = [ExpertTurn(**t) for t in pd.read_parquet(turns_file).to_dict("records")]
+        pd.DataFrame(sft_rows(turns, text_for, a.fraction, a.seed)).to_parquet(sft_file)
     rows = pd.read_parquet(sft_file).to_dict("records")
     for row in rows:
         row["messages"] = [dict(m) for m in row["messages"]]
@@ -93,16 +119,21 @@ def main(argv: list[str] | None = None) -> int:
         sft_log_file.write_text(json.dumps(log))
     sft_log = json.loads(sft_log_file.read_text())
 
-    results = {}
+    results = json.loads((work / "results.json").read_text())["results"] if (work / "results.json").exists() else {}
     for split in ("valid_seen", "valid_unseen"):
         split_games = find_games(split_dir(split, games))
-        for skills in (None, a.skills):
-            key = f"{split}/{'with' if skills else 'without'}_skills"
-            t0 = time.perf_counter()
-            results[key] = summary(evaluate(str(model), split_games, max_steps=a.max_steps, skills=skills, seed=a.seed))
-            results[key]["seconds"] = round(time.perf_counter() - t0, 1)
-            print(key, json.dumps(results[key]), flush=True)
-    (work / "results.json").write_text(json.dumps({"results": results, "timings": timings, "args": vars(a)}, indent=1))
+        for temperature in (0.0, a.temperature):
+            for privileged in (None, text_for):
+                key = f"{split}/{'with' if privileged else 'without'}/T={temperature:g}"
+                if key in results:
+                    continue
+                t0 = time.perf_counter()
+                results[key] = summary(evaluate(str(model), split_games, max_steps=a.max_steps, privileged=privileged,
+                                                temperature=temperature, seed=a.seed))
+                results[key]["seconds"] = round(time.perf_counter() - t0, 1)
+                print(key, json.dumps(results[key]), flush=True)
+                (work / "results.json").write_text(json.dumps({"results": results, "timings": timings, "args": vars(a)},
+                                                              indent=1))
 
     n_tokens = sum(len(str(m["content"])) for row in rows for m in row["messages"])
     lines = [
@@ -110,23 +141,24 @@ def main(argv: list[str] | None = None) -> int:
         f"Generated by `python benchmarks/warmstart.py {command_line(a)}` "
         f"on {platform.platform()}, Python {platform.python_version()}, seed {a.seed}.\n",
         f"- games: {a.n_train} train, {a.n_eval} valid_seen, {a.n_eval} valid_unseen (generated, expert-validated)",
-        f"- SFT samples: {len(rows)} expert turns ({sum(bool(r['with_skills']) for r in rows)} with the skills block, "
-        f"games chosen with probability {a.skill_fraction}), {n_tokens / 1e6:.2f} M characters",
+        f"- SFT samples: {len(rows)} expert turns ({sum(bool(r['with_privileged']) for r in rows)} with the privileged "
+        f"block ({a.privileged}), games chosen with probability {a.fraction}), {n_tokens / 1e6:.2f} M characters",
         f"- model: Qwen2 architecture, hidden {a.hidden_size}, {a.num_layers} layers, tokenizer vocabulary "
         f"{a.vocab_size} trained on the samples; SFT {a.epochs} epochs, lr {a.lr}, batch {a.batch_size}, "
         f"final loss {sft_log[-1]['loss']:.3f}",
-        f"- evaluation: greedy, max {a.max_steps} steps, history 2, the agent loop's prompts; with skills = the "
-        "teacher's privileged system block in the policy's own prompt\n",
-        "| split | skills in prompt | success | invalid turns | mean steps | by task type |",
-        "|---|---|---|---|---|---|",
+        f"- evaluation: max {a.max_steps} steps, history 2, the agent loop's prompts, greedy (T=0) and sampled; "
+        f"with = the teacher's privileged system block ({a.privileged}) in the policy's own prompt\n",
+        "| split | privileged block in prompt | decoding | success | invalid turns | mean steps | by task type |",
+        "|---|---|---|---|---|---|---|",
     ]
     for key, r in results.items():
-        split, skills = key.split("/")
+        split, privileged, decoding = key.split("/")
         by_type = ", ".join(f"{SHORT.get(t, t)} {v:.2f}" for t, v in r["by_type"].items())
-        lines.append(f"| {split} | {skills.split('_')[0]} | {r['success']:.3f} ({r['games']} games) | "
+        lines.append(f"| {split} | {privileged} | {decoding} | {r['success']:.3f} ({r['games']} games) | "
                      f"{r['invalid_turn_share']:.3f} | {r['mean_steps']:.1f} | {by_type} |")
     if timings:
         lines.append("\nTimings (this run): " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    lines += ["", WHY_NOT_VERL_SFT]
     text = "\n".join(lines) + "\n"
     print(text)
     Path(a.out).write_text(text)

@@ -394,4 +394,6 @@ def test_eval_only_reports_success_per_task_type(tmp_path, alfworld_small):
     assert len(per_type) == 3, sorted(val)  # data_small lists 2 games per type; the first 6 cover 3 types
     assert all(0.0 <= v <= 1.0 for v in per_type.values())
     assert sum(val[f"val-aux/alfworld/episodes/{t}"] for t in per_type) == 6
+    overall = sum(per_type[t] * val[f"val-aux/alfworld/episodes/{t}"] for t in per_type) / 6
+    assert val["val-core/alfworld/episode_success"] == pytest.approx(overall)
     assert not any(k.startswith("actor/") for k in val)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -37,19 +38,51 @@ def test_expert_turns_are_the_agent_loops_prompts_with_expert_actions(two_games,
     assert "already taken 1 step(s)" in first[1].prompt  # history, as the agent loop renders it
 
 
-def test_skill_fraction_puts_the_teachers_block_on_whole_games(turns):
+def test_fraction_puts_the_teachers_block_on_whole_games(turns):
     from verl_sdar.envs.alfworld.expert_sft import DEFAULT_HEADER, sft_rows
+    from verl_sdar.envs.alfworld.privileged import privileged_text, route_hint
 
-    all_rows = sft_rows(turns, str(SKILLS), 1.0)
-    assert all(r["with_skills"] and r["messages"][0]["role"] == "system" for r in all_rows)
+    skills = privileged_text("skills", str(SKILLS))
+    all_rows = sft_rows(turns, skills, 1.0)
+    assert all(r["with_privileged"] and r["messages"][0]["role"] == "system" for r in all_rows)
     assert all(r["messages"][0]["content"].startswith(DEFAULT_HEADER) for r in all_rows)
-    none = sft_rows(turns, str(SKILLS), 0.0)
-    assert not any(r["with_skills"] for r in none) and all(len(r["messages"]) == 2 for r in none)
-    half = sft_rows(turns, str(SKILLS), 0.5, seed=3)
+    none = sft_rows(turns, skills, 0.0)
+    assert not any(r["with_privileged"] for r in none) and all(len(r["messages"]) == 2 for r in none)
+    assert sft_rows(turns, None, 1.0) == none
+    half = sft_rows(turns, route_hint, 0.5, seed=3)
     for game in {r["game"] for r in half}:  # one decision per game
-        assert len({r["with_skills"] for r in half if r["game"] == game}) == 1
-    with pytest.raises(ValueError, match="skill_fraction"):
-        sft_rows(turns, str(SKILLS), 1.5)
+        assert len({r["with_privileged"] for r in half if r["game"] == game}) == 1
+    routed = sft_rows(turns, route_hint, 1.0)
+    assert routed[0]["messages"][0]["content"] == DEFAULT_HEADER + route_hint(turns[0].game)
+    with pytest.raises(ValueError, match="fraction"):
+        sft_rows(turns, skills, 1.5)
+
+
+def test_route_hint_lists_the_places_the_expert_goes_to(tmp_path, two_games):
+    from verl_sdar.envs.alfworld.dataset import make_rows
+    from verl_sdar.envs.alfworld.play import run_expert
+    from verl_sdar.envs.alfworld.privileged import ROUTE_PREFIX, privileged_text, route_hint
+
+    for game in two_games:
+        goes = [a[len("go to "):] for a in run_expert(game).actions if a.startswith("go to ")]
+        hint = route_hint(game)
+        assert hint.startswith(ROUTE_PREFIX) and hint.endswith(".")
+        assert hint[len(ROUTE_PREFIX):-1].split(", ") == [p for i, p in enumerate(goes) if i == 0 or goes[i - 1] != p]
+    # hand case: consecutive repeats merged, non-go actions ignored
+    game = tmp_path / "game.tw-pddl"
+    game.write_text(json.dumps({"walkthrough": ["go to fridge 1", "open fridge 1", "go to fridge 1",
+                                                "take apple 1 from fridge 1", "go to countertop 2"]}))
+    assert route_hint(str(game)) == "Places to visit, in order: fridge 1, countertop 2."
+    game.write_text(json.dumps({"walkthrough": None}))
+    with pytest.raises(ValueError, match="no expert walkthrough"):
+        route_hint(str(game))
+    with pytest.raises(ValueError, match="unknown privileged kind"):
+        privileged_text("oracle")
+    with pytest.raises(ValueError, match="skill library"):
+        privileged_text("skills")
+    rows = make_rows(two_games, "train", privileged=route_hint)
+    assert [r["extra_info"]["privileged"] for r in rows] == [route_hint(g) for g in two_games]
+    assert all(r["extra_info"]["privileged"] == "" for r in make_rows(two_games, "train"))
 
 
 def test_sft_loss_mask_covers_the_response_only_and_training_lowers_the_loss(tmp_path, turns):
@@ -58,7 +91,9 @@ def test_sft_loss_mask_covers_the_response_only_and_training_lowers_the_loss(tmp
     from verl_sdar.envs.alfworld.expert_sft import sft_rows, sft_train, tokenize_rows
     from verl_sdar.tiny_model import build_tiny_model
 
-    rows = sft_rows(turns, str(SKILLS), 0.5)
+    from verl_sdar.envs.alfworld.privileged import route_hint
+
+    rows = sft_rows(turns, route_hint, 0.5)
     base = build_tiny_model(tmp_path / "base", seed=0, extra_corpus=[m["content"] for r in rows for m in r["messages"]])
     tokenizer = AutoTokenizer.from_pretrained(base)
     ids, mask = tokenize_rows(tokenizer, rows[:1], 4096)[0]
@@ -71,13 +106,14 @@ def test_sft_loss_mask_covers_the_response_only_and_training_lowers_the_loss(tmp
     assert (tmp_path / "sft" / "config.json").exists()
 
 
-def test_evaluate_plays_games_with_and_without_skills(tmp_path, two_games):
+def test_evaluate_plays_games_with_and_without_privileged_text(tmp_path, two_games):
     from verl_sdar.envs.alfworld.evaluate import evaluate, summary
+    from verl_sdar.envs.alfworld.privileged import privileged_text
     from verl_sdar.tiny_model import build_tiny_model
 
     model = build_tiny_model(tmp_path / "m", seed=0)
-    for skills in (None, str(SKILLS)):
-        results = evaluate(str(model), two_games, max_steps=2, skills=skills, max_new_tokens=8)
+    for privileged in (None, privileged_text("skills", str(SKILLS)), privileged_text("route")):
+        results = evaluate(str(model), two_games, max_steps=2, privileged=privileged, max_new_tokens=8)
         s = summary(results)
         assert s["games"] == 2 and all(r.steps == 2 for r in results) and 0.0 <= s["success"] <= 1.0
         assert s["invalid_turn_share"] == 1.0  # a random tiny model never writes the tags

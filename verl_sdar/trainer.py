@@ -335,7 +335,8 @@ class SDARTrainer(PPOTrainerSync):
         """verl's validation metrics plus success per task type (one value per final episode row).
 
         Uses the reward function's ``success`` and ``task_type`` extra outputs when both are present
-        (verl skips string-valued extras in its own statistics): ``val-core/<source>/success/<type>``,
+        (verl skips string-valued extras in its own statistics): ``val-core/<source>/episode_success``
+        (all episodes of the source), ``val-core/<source>/success/<type>``,
         ``val-aux/<source>/episodes/<type>``, and ``val-aux/<source>/<name>/<type>`` for every other
         numeric extra (e.g. WebShop's ``webshop_score``).
         """
@@ -358,6 +359,7 @@ class SDARTrainer(PPOTrainerSync):
         ]
         for source, idx in by_source.items():
             groups = [task_types[i] for i in idx]
+            metric_dict[f"val-core/{source}/episode_success"] = sum(float(success[i]) for i in idx) / len(idx)
             rates = rate_by_group(groups, [float(success[i]) for i in idx])
             for task_type, (rate, count) in rates.items():
                 metric_dict[f"val-core/{source}/success/{task_type}"] = rate

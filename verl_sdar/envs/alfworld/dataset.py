@@ -3,10 +3,11 @@
 The prompt is a placeholder user message (the agent loop builds the real prompts from the env);
 it only has to pass verl's dataset checks and fix the batch size. Each row carries
 ``agent_name = "alfworld"`` and ``extra_info`` with ``game_path`` (absolute), ``task_type``,
-``split`` and ``privileged`` ("" unless skills are configured).
+``split`` and ``privileged`` (``""``, or the game's expert route with ``--privileged route`` -- the
+text ``sdar.privileged.source=column`` gives the teacher; see :mod:`.privileged`).
 
     python -m verl_sdar.envs.alfworld.dataset ROOT OUT_DIR [--train-split train]
-        [--val-split valid_seen] [--limit-train N] [--limit-val N] [--repeat-train K]
+        [--val-split valid_seen] [--limit-train N] [--limit-val N] [--repeat-train K] [--privileged route]
 
 ``ROOT`` is an ALFWorld data root holding ``json_2.1.1/<split>/...`` (e.g.
 ``envs/alfworld/data_small`` or ``$ALFWORLD_DATA``). Writes ``OUT_DIR/train.parquet`` and
@@ -19,6 +20,7 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 DATA_SOURCE = "alfworld"
 AGENT_NAME = "alfworld"
@@ -30,7 +32,8 @@ def task_type_of(game_path: str) -> str:
         return json.load(f)["task_type"]
 
 
-def make_rows(games: list[str], split: str, repeat: int = 1) -> list[dict]:
+def make_rows(games: list[str], split: str, repeat: int = 1, privileged: Callable[[str], str] | None = None) -> list[dict]:
+    """One row per game (``repeat`` times); ``privileged`` maps a game path to ``extra_info["privileged"]``."""
     rows = []
     for r in range(repeat):
         for game in games:
@@ -47,7 +50,7 @@ def make_rows(games: list[str], split: str, repeat: int = 1) -> list[dict]:
                         "split": split,
                         "game_path": game,
                         "task_type": task_type_of(game),
-                        "privileged": "",
+                        "privileged": privileged(game) if privileged else "",
                     },
                 }
             )
@@ -55,7 +58,8 @@ def make_rows(games: list[str], split: str, repeat: int = 1) -> list[dict]:
 
 
 def build(root: str | Path, out_dir: str | Path, train_split: str = "train", val_split: str = "valid_seen",
-          limit_train: int = 0, limit_val: int = 0, repeat_train: int = 1) -> dict[str, int]:
+          limit_train: int = 0, limit_val: int = 0, repeat_train: int = 1,
+          privileged: Callable[[str], str] | None = None) -> dict[str, int]:
     """Write ``train.parquet`` / ``val.parquet``; returns the row counts."""
     import pandas as pd
 
@@ -70,7 +74,7 @@ def build(root: str | Path, out_dir: str | Path, train_split: str = "train", val
             games = games[:limit]
         if not games:
             raise SystemExit(f"no solvable games under {split_dir(split, root)}")
-        rows = make_rows(games, split, repeat)
+        rows = make_rows(games, split, repeat, privileged)
         pd.DataFrame(rows).to_parquet(out / f"{name}.parquet")
         counts[name] = len(rows)
     return counts
@@ -85,8 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit-train", type=int, default=0)
     p.add_argument("--limit-val", type=int, default=0)
     p.add_argument("--repeat-train", type=int, default=1, help="repeat the train games K times")
+    p.add_argument("--privileged", choices=("none", "route"), default="none",
+                   help="extra_info['privileged'] of each row (the teacher's text with sdar.privileged.source=column)")
     a = p.parse_args(argv)
-    counts = build(a.root, a.out_dir, a.train_split, a.val_split, a.limit_train, a.limit_val, a.repeat_train)
+    from verl_sdar.envs.alfworld.privileged import route_hint
+
+    counts = build(a.root, a.out_dir, a.train_split, a.val_split, a.limit_train, a.limit_val, a.repeat_train,
+                   route_hint if a.privileged == "route" else None)
     print(f"wrote {a.out_dir}/train.parquet ({counts['train']} rows) and {a.out_dir}/val.parquet ({counts['val']} rows)")
     return 0
 

@@ -3,12 +3,12 @@
 Games are played in lockstep: each turn the prompts of all unfinished games (the ``alfworld`` agent
 loop's prompts, same history window) are decoded as one batch by
 :class:`verl_sdar.cpu.hf_generation.HFGenerator`, projected to commands and stepped. With
-``skills``, each prompt is preceded by the privileged system block the SDAR teacher would see
-(header + the skills retrieved for the game's task type) -- that is how the policy does *with*
-skills in its own prompt.
+``privileged`` (a function game path -> text, :func:`.privileged.privileged_text`), each prompt is
+preceded by the privileged system block the SDAR teacher would see (header + text) -- that is how
+the policy does *with* the privileged context in its own prompt.
 
     python -m verl_sdar.envs.alfworld.evaluate MODEL_DIR GAMES_ROOT [--split valid_seen] [--max-steps 20]
-        [--skills envs/alfworld/skills] [--temperature 0] [--seed 0] [--limit N]
+        [--privileged none|route|skills] [--skills envs/alfworld/skills] [--temperature 0] [--seed 0] [--limit N]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import argparse
 import json
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from verl_sdar.envs.alfworld.expert_sft import DEFAULT_HEADER
 from verl_sdar.envs.alfworld.prompts import build_prompt, project_action
@@ -33,7 +34,7 @@ class GameResult:
 
 
 def evaluate(model_dir: str, games: list[str], max_steps: int = 20, history_length: int = 2,
-             skills: str | None = None, temperature: float = 0.0, seed: int = 0,
+             privileged: Callable[[str], str] | None = None, temperature: float = 0.0, seed: int = 0,
              max_new_tokens: int = 48, header: str = DEFAULT_HEADER) -> list[GameResult]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -49,18 +50,12 @@ def evaluate(model_dir: str, games: list[str], max_steps: int = 20, history_leng
     spec = SamplingSpec(temperature=temperature, top_p=1.0, top_k=-1, repetition_penalty=1.0,
                         max_tokens=max_new_tokens, logprobs=False, prompt_logprobs=None, ignore_eos=False,
                         stop_token_ids=())
-    retriever = None
-    if skills:
-        from verl_sdar.skills import SkillLibrary, make_retriever
-
-        retriever = make_retriever("task_type", SkillLibrary.load(skills))
-
     envs, state = [], []
     for game in games:
         env = AlfworldEnv(max_steps=max_steps)
         obs, info = env.reset(game)
         task_type = task_type_of(game)
-        system = header + retriever.retrieve(task_type=task_type).text if retriever else None
+        system = header + privileged(game) if privileged else None
         envs.append(env)
         state.append({"obs": strip_welcome(obs), "task": info.get("task", ""), "admissible": info["admissible_commands"],
                       "history": [], "done": False, "result": GameResult(game, task_type, False, 0, 0), "system": system})
@@ -115,16 +110,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="valid_seen")
     p.add_argument("--max-steps", type=int, default=20)
     p.add_argument("--history-length", type=int, default=2)
-    p.add_argument("--skills", default=None)
+    p.add_argument("--privileged", choices=("none", "route", "skills"), default="none",
+                   help="privileged block in the policy's prompt")
+    p.add_argument("--skills", default=None, help="skill library folder (for --privileged skills)")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=0)
     a = p.parse_args(argv)
     from verl_sdar.envs.alfworld.play import find_games, split_dir
+    from verl_sdar.envs.alfworld.privileged import privileged_text
 
     games = find_games(split_dir(a.split, a.root))[: a.limit or None]
     t0 = time.perf_counter()
-    results = evaluate(a.model_dir, games, a.max_steps, a.history_length, a.skills, a.temperature, a.seed)
+    text_for = None if a.privileged == "none" else privileged_text(a.privileged, a.skills)
+    results = evaluate(a.model_dir, games, a.max_steps, a.history_length, text_for, a.temperature, a.seed)
     print(json.dumps({**summary(results), "seconds": round(time.perf_counter() - t0, 1)}, indent=1))
     return 0
 

@@ -3,15 +3,17 @@
 The planner expert plays each game; every turn becomes one chat sample whose user message is
 exactly what the ``alfworld`` agent loop would show at that point (:func:`.prompts.build_prompt`,
 same history window) and whose assistant message is ``<think>...</think><action>expert action</action>``.
-A share of the samples (``skill_fraction``) also carries the privileged block the SDAR teacher
-sees: a system message ``sdar.privileged.header + skills`` retrieved for the game's task type from
-a skill library, so a model trained on the mix has seen prompts both with and without skills.
+A share of the games (``fraction``) also carries the privileged block the SDAR teacher sees: a
+system message ``sdar.privileged.header + text``, the text being one of
+:mod:`.privileged`'s kinds (the skill library's text for the task type, or the game's expert
+route), so a model trained on the mix has seen prompts both with and without it.
 
     python -m verl_sdar.envs.alfworld.expert_sft GAMES_ROOT OUT.parquet [--split train]
-        [--skills envs/alfworld/skills] [--skill-fraction 0.5] [--history-length 2] [--seed 0]
+        [--privileged route|skills] [--skills envs/alfworld/skills] [--fraction 0.5]
+        [--history-length 2] [--seed 0]
 
 writes verl's multi-turn SFT format (a ``messages`` column, plus ``task_type``, ``game``, ``turn``,
-``with_skills``), usable by verl's SFT trainer and by :func:`sft_train`.
+``with_privileged``), usable by verl's SFT trainer and by :func:`sft_train`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from verl_sdar.envs.alfworld.prompts import build_prompt, format_response
 
@@ -79,27 +82,28 @@ def expert_turns(games: list[str], history_length: int = 2, max_steps: int = 50)
     return turns
 
 
-def sft_rows(turns: list[ExpertTurn], skills: str | None, skill_fraction: float, seed: int = 0,
+def sft_rows(turns: list[ExpertTurn], privileged: Callable[[str], str] | None, fraction: float, seed: int = 0,
              header: str = DEFAULT_HEADER) -> list[dict]:
-    """Chat samples; a seeded ``skill_fraction`` of them (by game) get the privileged system block."""
-    if not 0.0 <= skill_fraction <= 1.0:
-        raise ValueError(f"skill_fraction must be in [0, 1], got {skill_fraction}")
-    retriever = None
-    if skills and skill_fraction > 0:
-        from verl_sdar.skills import SkillLibrary, make_retriever
+    """Chat samples; a seeded ``fraction`` of the games get the privileged system block.
 
-        retriever = make_retriever("task_type", SkillLibrary.load(skills))
+    ``privileged`` maps a game path to its privileged text (:func:`.privileged.privileged_text`);
+    ``None`` means no sample gets a block.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
     rng = random.Random(seed)
-    with_skills = {g: rng.random() < skill_fraction for g in sorted({t.game for t in turns})}
+    chosen = {g: rng.random() < fraction for g in sorted({t.game for t in turns})}
+    texts: dict[str, str] = {}
     rows = []
     for t in turns:
         messages = [{"role": "user", "content": t.prompt}, {"role": "assistant", "content": t.response}]
-        use = retriever is not None and with_skills[t.game]
+        use = privileged is not None and chosen[t.game]
         if use:
-            text = retriever.retrieve(task_type=t.task_type).text
-            messages.insert(0, {"role": "system", "content": header + text})
+            if t.game not in texts:
+                texts[t.game] = privileged(t.game)
+            messages.insert(0, {"role": "system", "content": header + texts[t.game]})
         rows.append({"messages": messages, "task_type": t.task_type, "game": t.game, "turn": t.turn,
-                     "with_skills": bool(use)})
+                     "with_privileged": bool(use)})
     return rows
 
 
@@ -183,8 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("root", help="ALFWorld data root (json_2.1.1/<split>/...)")
     p.add_argument("out", help="output parquet")
     p.add_argument("--split", default="train")
-    p.add_argument("--skills", default=None, help="skill library folder (e.g. envs/alfworld/skills)")
-    p.add_argument("--skill-fraction", type=float, default=0.5)
+    p.add_argument("--privileged", choices=("route", "skills", "none"), default="route")
+    p.add_argument("--skills", default=None, help="skill library folder (for --privileged skills)")
+    p.add_argument("--fraction", type=float, default=0.5, help="share of games whose samples get the block")
     p.add_argument("--history-length", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
@@ -193,11 +198,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from verl_sdar.envs.alfworld.play import find_games, split_dir
 
+    from verl_sdar.envs.alfworld.privileged import privileged_text
+
     games = find_games(split_dir(a.split, a.root))
-    rows = sft_rows(expert_turns(games, a.history_length), a.skills, a.skill_fraction, a.seed)
+    text_for = None if a.privileged == "none" else privileged_text(a.privileged, a.skills)
+    rows = sft_rows(expert_turns(games, a.history_length), text_for, a.fraction, a.seed)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_parquet(a.out)
-    print(json.dumps({"games": len(games), "samples": len(rows), "with_skills": sum(r["with_skills"] for r in rows)}))
+    print(json.dumps({"games": len(games), "samples": len(rows), "with_privileged": sum(r["with_privileged"] for r in rows)}))
     return 0
 
 
