@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import pandas as pd
 
-    from verl_sdar.envs.alfworld.evaluate import evaluate, summary
+    from verl_sdar.envs.alfworld.evaluate import evaluate, expert_logprob, summary
     from verl_sdar.envs.alfworld.expert_sft import ExpertTurn, expert_turns, sft_rows, sft_train
     from verl_sdar.envs.alfworld.generator import generate
     from verl_sdar.envs.alfworld.play import find_games, split_dir
@@ -119,7 +119,16 @@ def main(argv: list[str] | None = None) -> int:
         sft_log_file.write_text(json.dumps(log))
     sft_log = json.loads(sft_log_file.read_text())
 
-    results = json.loads((work / "results.json").read_text())["results"] if (work / "results.json").exists() else {}
+    # cached evaluations and timings of earlier invocations (a step whose output exists is not redone)
+    results_file = work / "results.json"
+    saved = json.loads(results_file.read_text()) if results_file.exists() else {}
+    results, scores = saved.get("results", {}), saved.get("expert_scores", {})
+    timings = {**saved.get("timings", {}), **timings}
+
+    def save() -> None:
+        results_file.write_text(json.dumps({"results": results, "expert_scores": scores, "timings": timings,
+                                            "args": vars(a)}, indent=1))
+
     for split in ("valid_seen", "valid_unseen"):
         split_games = find_games(split_dir(split, games))
         for temperature in (0.0, a.temperature):
@@ -132,9 +141,13 @@ def main(argv: list[str] | None = None) -> int:
                                                 temperature=temperature, seed=a.seed))
                 results[key]["seconds"] = round(time.perf_counter() - t0, 1)
                 print(key, json.dumps(results[key]), flush=True)
-                (work / "results.json").write_text(json.dumps({"results": results, "timings": timings, "args": vars(a)},
-                                                              indent=1))
-
+                save()
+        if split not in scores:
+            split_turns = expert_turns(split_games)
+            scores[split] = {kind: expert_logprob(str(model), split_turns, privileged)
+                             for kind, privileged in (("without", None), ("with", text_for))}
+            print(split, json.dumps(scores[split]), flush=True)
+            save()
     n_tokens = sum(len(str(m["content"])) for row in rows for m in row["messages"])
     lines = [
         "# Warm-start policy for ALFWorld (tiny model, expert SFT)\n",
@@ -156,6 +169,16 @@ def main(argv: list[str] | None = None) -> int:
         by_type = ", ".join(f"{SHORT.get(t, t)} {v:.2f}" for t, v in r["by_type"].items())
         lines.append(f"| {split} | {privileged} | {decoding} | {r['success']:.3f} ({r['games']} games) | "
                      f"{r['invalid_turn_share']:.3f} | {r['mean_steps']:.1f} | {by_type} |")
+    lines += ["", "Teacher-forced score of the planner expert's responses on the validation games (every expert turn): "
+              "mean over turns of the response's summed log-prob, and of its probability (the chance of sampling "
+              "exactly the expert's response at T=1). The with - without difference is the per-turn signal a "
+              f"teacher holding the {a.privileged} text has over the student.\n",
+              "| split | expert turns | log-prob without | log-prob with | gap | P(expert) without | P(expert) with |",
+              "|---|---|---|---|---|---|---|"]
+    for split, sc in scores.items():
+        w, p_ = sc["without"], sc["with"]
+        lines.append(f"| {split} | {w['turns']} | {w['mean_logprob']:.2f} | {p_['mean_logprob']:.2f} | "
+                     f"{p_['mean_logprob'] - w['mean_logprob']:+.2f} | {w['mean_prob']:.3f} | {p_['mean_prob']:.3f} |")
     if timings:
         lines.append("\nTimings (this run): " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     lines += ["", WHY_NOT_VERL_SFT]

@@ -117,3 +117,30 @@ def test_evaluate_plays_games_with_and_without_privileged_text(tmp_path, two_gam
         s = summary(results)
         assert s["games"] == 2 and all(r.steps == 2 for r in results) and 0.0 <= s["success"] <= 1.0
         assert s["invalid_turn_share"] == 1.0  # a random tiny model never writes the tags
+
+
+def test_expert_logprob_is_the_teacher_forced_response_logprob(tmp_path, turns):
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from verl_sdar.envs.alfworld.evaluate import expert_logprob
+    from verl_sdar.envs.alfworld.expert_sft import sft_rows, tokenize_rows
+    from verl_sdar.envs.alfworld.privileged import route_hint
+    from verl_sdar.tiny_model import build_tiny_model
+
+    model_dir = build_tiny_model(tmp_path / "m", seed=0)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+    for privileged in (None, route_hint):
+        # by hand, one sample at a time (no padding): sum of log pi over the response tokens
+        expected = []
+        for ids, mask in tokenize_rows(tokenizer, sft_rows(turns[:3], privileged, 1.0), 8192):
+            with torch.no_grad():
+                logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1], -1)
+            expected.append(sum(float(logp[i - 1, ids[i]]) for i in range(1, len(ids)) if mask[i]))
+        got = expert_logprob(str(model_dir), turns[:3], privileged, batch_size=2)  # padded batches
+        assert got["turns"] == 3
+        assert got["mean_logprob"] == pytest.approx(sum(expected) / 3, abs=1e-3)
+        assert got["mean_prob"] == pytest.approx(sum(math.exp(e) for e in expected) / 3, rel=1e-3)

@@ -90,6 +90,42 @@ def evaluate(model_dir: str, games: list[str], max_steps: int = 20, history_leng
     return [s["result"] for s in state]
 
 
+def expert_logprob(model_dir: str, turns: list, privileged: Callable[[str], str] | None = None,
+                   header: str = DEFAULT_HEADER, batch_size: int = 8) -> dict:
+    """Teacher-forced score of the expert's responses (:class:`.expert_sft.ExpertTurn`), with or
+    without the privileged block in the prompt: ``mean_logprob`` = mean over turns of
+    ``sum_t log pi(y_t | prompt, y_<t)`` over the response tokens, and ``mean_prob`` = mean of its
+    ``exp`` (the chance of sampling the expert's exact response at T=1). The with/without difference
+    is the per-turn signal a teacher with that context has over the student."""
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from verl_sdar.envs.alfworld.expert_sft import sft_rows, tokenize_rows
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+    samples = tokenize_rows(tokenizer, sft_rows(turns, privileged, 1.0 if privileged else 0.0, header=header), 8192)
+    totals = []
+    with torch.no_grad():
+        for start in range(0, len(samples), batch_size):
+            batch = samples[start : start + batch_size]
+            width = max(len(ids) for ids, _ in batch)
+            ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+            attention = torch.zeros_like(ids)
+            mask = torch.zeros((len(batch), width), dtype=torch.bool)
+            for row, (seq, m) in enumerate(batch):
+                ids[row, : len(seq)] = torch.tensor(seq)
+                attention[row, : len(seq)] = 1
+                mask[row, : len(seq)] = torch.tensor(m, dtype=torch.bool)
+            logp = torch.log_softmax(model(input_ids=ids, attention_mask=attention).logits[:, :-1].float(), -1)
+            token = logp.gather(-1, ids[:, 1:, None])[..., 0]
+            totals += (token * mask[:, 1:]).sum(-1).tolist()
+    return {"turns": len(totals), "mean_logprob": sum(totals) / max(len(totals), 1),
+            "mean_prob": sum(math.exp(t) for t in totals) / max(len(totals), 1)}
+
+
 def summary(results: list[GameResult]) -> dict:
     by_type: dict[str, list[bool]] = {}
     for r in results:
