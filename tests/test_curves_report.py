@@ -59,6 +59,7 @@ def test_summary_and_verdict_from_raw_files(tmp_path, curves):
     assert rows[("grpo", "unseen")]["final"] == [0.2, 0.1]
     text = "\n".join(curves.verdict(list(rows.values())))
     assert "eval-seen: SDAR's final success is higher than GRPO's by 0.200 (0.500 vs 0.300)" in text
+    assert "eval-seen, final minus warm start (seed means): grpo +0.100, grpo_opsd -0.400, sdar +0.300." in text
     assert "GRPO+OPSD (beta 0): 1 success drops" in text   # seen 0.6 -> 0.2; unseen 0.3 -> 0.1 is below 0.25
     assert "against GRPO's 0 and 0" in text
 
