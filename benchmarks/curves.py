@@ -352,6 +352,10 @@ def report(raw_dir: Path, doc: Path) -> str:
         "## Caveats\n",
         CAVEATS,
     ]
+    discussion = raw_dir.parent / "discussion.md"  # hand-written reading of the figures, kept across regenerations
+    if discussion.exists():
+        lines += ["", f"## Discussion (hand-written: `{os.path.relpath(discussion, doc.parent)}`)\n",
+                  discussion.read_text().strip()]
     text = "\n".join(lines) + "\n"
     doc.write_text(text)
     return text
