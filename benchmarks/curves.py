@@ -267,6 +267,7 @@ def plot(runs: dict[str, dict[int, list[dict]]], out_dir: Path) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     methods = [m for m in METHODS if m in runs]
     colours = dict(zip(METHODS, ("tab:gray", "tab:orange", "tab:blue", "tab:green", "tab:red")))
@@ -284,6 +285,7 @@ def plot(runs: dict[str, dict[int, list[dict]]], out_dir: Path) -> list[str]:
             draw(ax, [success_series(r, source) for r in runs[method].values()], method)
         ax.set_title(f"eval-{source.split('_', 1)[1]} success (greedy)")
         ax.set_xlabel("training step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("share of games won")
     axes[0].legend(fontsize=8)
@@ -298,8 +300,9 @@ def plot(runs: dict[str, dict[int, list[dict]]], out_dir: Path) -> list[str]:
             draw(ax, [series(r, key) for r in runs[method].values()], method)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("training step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize=8)
+    axes.flat[3].legend(fontsize=8)  # the KL panel has every method
     fig.tight_layout()
     fig.savefig(out_dir / "training.png", dpi=110)
     written.append("training.png")
@@ -331,12 +334,15 @@ def report(raw_dir: Path, doc: Path) -> str:
         f"- runs: `python benchmarks/curves.py {flags}` -- one `python -m verl.trainer.main_ppo` per (method, seed) "
         "on CPU, recipe `recipes/alfworld/tiny_cpu_sdar.yaml` + the script's overrides; warm start from "
         "`benchmarks/warmstart.py` (docs/warmstart.md)."
-        + (f" {len(walls)} runs, {sum(walls) / 60:.0f} min of wall time in all (median {walls[len(walls) // 2]:.0f} s per run; "
+        + (f" {len(walls)} main_ppo runs (one per method and seed, plus the shared step-0 validation), "
+           f"{sum(walls) / 60:.0f} min of wall time in all (median {walls[len(walls) // 2]:.0f} s per run; "
            "2 CPU cores, one run at a time)." if walls else ""),
         "- methods: " + ", ".join(f"{m} (`{' '.join(METHODS[m])}`)" for m in METHODS if m in runs) + "; the teacher's "
         "privileged context is the game's expert route (`extra_info.privileged`).",
         "- success = share of validation games won, greedy decoding, on eval-seen and eval-unseen (task types "
-        "round-robin); seeds change the training data order, rollouts and the environment seed; validation at "
+        + (f"round-robin, {settings['n_val']} games per split, so one game = {1 / settings['n_val']:.3f}); seeds"
+           if settings.get("n_val") else "round-robin); seeds")
+        + " change the training data order, rollouts and the environment seed; validation at "
         "step 0 is the warm start itself, measured once (`initial.jsonl`, a `trainer.val_only=true` run) and "
         "shared by every curve.",
         f"- table: mean ± sample std over seeds; success drop = an evaluation >= {DROP} below the previous one; "
