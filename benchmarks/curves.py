@@ -182,13 +182,17 @@ def steps_to_reach(steps: list[int], mean: list[float], target: float) -> int | 
     return next((s for s, m in zip(steps, mean) if m >= target - 1e-12), None)
 
 
+def sample_std(values: list[float]) -> float:
+    """Sample standard deviation over seeds (0 for a single seed)."""
+    import statistics
+
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def mean_std(values: list[float]) -> str:
     import statistics
 
-    if not values:
-        return "-"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {std:.3f}"
+    return f"{statistics.mean(values):.3f} ± {sample_std(values):.3f}" if values else "-"
 
 
 def summarise(runs: dict[str, dict[int, list[dict]]]) -> list[dict]:
@@ -237,7 +241,7 @@ def verdict(rows: list[dict]) -> list[str]:
         if not (sdar and grpo and sdar["final"] and grpo["final"]):
             continue
         diff = statistics.mean(sdar["final"]) - statistics.mean(grpo["final"])
-        spread = max(statistics.stdev(v) if len(v) > 1 else 0.0 for v in (sdar["final"], grpo["final"]))
+        spread = max(sample_std(sdar["final"]), sample_std(grpo["final"]))
         means = f"({statistics.mean(sdar['final']):.3f} vs {statistics.mean(grpo['final']):.3f})"
         if abs(diff) < 1e-9:
             out.append(f"- eval-{split}: SDAR's final success equals GRPO's {means}.")

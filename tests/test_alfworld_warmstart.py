@@ -76,6 +76,7 @@ def test_route_hint_lists_the_places_the_expert_goes_to(tmp_path, two_games):
     game.write_text(json.dumps({"walkthrough": None}))
     with pytest.raises(ValueError, match="no expert walkthrough"):
         route_hint(str(game))
+    assert privileged_text("none") is None and privileged_text("route") is route_hint
     with pytest.raises(ValueError, match="unknown privileged kind"):
         privileged_text("oracle")
     with pytest.raises(ValueError, match="skill library"):

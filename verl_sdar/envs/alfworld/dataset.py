@@ -92,10 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--privileged", choices=("none", "route"), default="none",
                    help="extra_info['privileged'] of each row (the teacher's text with sdar.privileged.source=column)")
     a = p.parse_args(argv)
-    from verl_sdar.envs.alfworld.privileged import route_hint
+    from verl_sdar.envs.alfworld.privileged import privileged_text
 
     counts = build(a.root, a.out_dir, a.train_split, a.val_split, a.limit_train, a.limit_val, a.repeat_train,
-                   route_hint if a.privileged == "route" else None)
+                   privileged_text(a.privileged))
     print(f"wrote {a.out_dir}/train.parquet ({counts['train']} rows) and {a.out_dir}/val.parquet ({counts['val']} rows)")
     return 0
 

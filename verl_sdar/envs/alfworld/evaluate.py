@@ -102,7 +102,7 @@ def expert_logprob(model_dir: str, turns: list, privileged: Callable[[str], str]
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from verl_sdar.envs.alfworld.expert_sft import sft_rows, tokenize_rows
+    from verl_sdar.envs.alfworld.expert_sft import pad_batch, sft_rows, tokenize_rows
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
@@ -110,15 +110,7 @@ def expert_logprob(model_dir: str, turns: list, privileged: Callable[[str], str]
     totals = []
     with torch.no_grad():
         for start in range(0, len(samples), batch_size):
-            batch = samples[start : start + batch_size]
-            width = max(len(ids) for ids, _ in batch)
-            ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-            attention = torch.zeros_like(ids)
-            mask = torch.zeros((len(batch), width), dtype=torch.bool)
-            for row, (seq, m) in enumerate(batch):
-                ids[row, : len(seq)] = torch.tensor(seq)
-                attention[row, : len(seq)] = 1
-                mask[row, : len(seq)] = torch.tensor(m, dtype=torch.bool)
+            ids, attention, mask = pad_batch(samples[start : start + batch_size], tokenizer.pad_token_id)
             logp = torch.log_softmax(model(input_ids=ids, attention_mask=attention).logits[:, :-1].float(), -1)
             token = logp.gather(-1, ids[:, 1:, None])[..., 0]
             totals += (token * mask[:, 1:]).sum(-1).tolist()
@@ -158,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
     games = find_games(split_dir(a.split, a.root))[: a.limit or None]
     t0 = time.perf_counter()
-    text_for = None if a.privileged == "none" else privileged_text(a.privileged, a.skills)
+    text_for = privileged_text(a.privileged, a.skills)
     results = evaluate(a.model_dir, games, a.max_steps, a.history_length, text_for, a.temperature, a.seed)
     print(json.dumps({**summary(results), "seconds": round(time.perf_counter() - t0, 1)}, indent=1))
     return 0

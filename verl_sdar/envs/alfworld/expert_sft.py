@@ -130,6 +130,22 @@ def tokenize_rows(tokenizer, rows: list[dict], max_length: int) -> list[tuple[li
     return samples
 
 
+def pad_batch(samples: list[tuple[list[int], list[int]]], pad_token_id: int):
+    """Right-padded ``(input_ids, attention_mask, loss_mask)`` tensors for :func:`tokenize_rows` samples
+    (``loss_mask`` is boolean and False on padding)."""
+    import torch
+
+    width = max(len(ids) for ids, _ in samples)
+    input_ids = torch.full((len(samples), width), pad_token_id, dtype=torch.long)
+    attention = torch.zeros((len(samples), width), dtype=torch.long)
+    loss_mask = torch.zeros((len(samples), width), dtype=torch.bool)
+    for row, (ids, mask) in enumerate(samples):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention[row, : len(ids)] = 1
+        loss_mask[row, : len(ids)] = torch.tensor(mask, dtype=torch.bool)
+    return input_ids, attention, loss_mask
+
+
 def sft_train(model_dir: str, rows: list[dict], out_dir: str, epochs: int = 3, lr: float = 1e-3,
               batch_size: int = 16, max_length: int = 2048, seed: int = 0, log_every: int = 20) -> list[dict]:
     """Plain next-token SFT on the assistant tokens (AdamW, cosine decay); saves to ``out_dir``.
@@ -155,15 +171,9 @@ def sft_train(model_dir: str, rows: list[dict], out_dir: str, epochs: int = 3, l
         order = list(range(len(samples)))
         rng.shuffle(order)
         for start in range(0, len(order), batch_size):
-            batch = [samples[i] for i in order[start : start + batch_size]]
-            width = max(len(ids) for ids, _ in batch)
-            input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
-            labels = torch.full((len(batch), width), -100, dtype=torch.long)
-            for row, (ids, mask) in enumerate(batch):
-                input_ids[row, : len(ids)] = torch.tensor(ids)
-                attention[row, : len(ids)] = 1
-                labels[row, : len(ids)] = torch.tensor([t if m else -100 for t, m in zip(ids, mask)])
+            input_ids, attention, loss_mask = pad_batch([samples[i] for i in order[start : start + batch_size]],
+                                                        tokenizer.pad_token_id)
+            labels = input_ids.masked_fill(~loss_mask, -100)
             loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
             optimizer.zero_grad()
             loss.backward()
@@ -201,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     from verl_sdar.envs.alfworld.privileged import privileged_text
 
     games = find_games(split_dir(a.split, a.root))
-    text_for = None if a.privileged == "none" else privileged_text(a.privileged, a.skills)
+    text_for = privileged_text(a.privileged, a.skills)
     rows = sft_rows(expert_turns(games, a.history_length), text_for, a.fraction, a.seed)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_parquet(a.out)

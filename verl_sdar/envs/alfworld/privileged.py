@@ -1,6 +1,6 @@
 """Privileged text for ALFWorld: what the SDAR teacher (or a warm-start sample) sees beyond the task.
 
-Two kinds, chosen by name:
+Two kinds, chosen by name (``none``: no privileged text):
 
 * ``skills`` -- the skill library's text for the game's task type (:mod:`verl_sdar.skills`,
   ``task_type`` retrieval): generic procedural advice, the paper's privileged context;
@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from typing import Callable
 
-KINDS = ("skills", "route")
+KINDS = ("none", "skills", "route")
 ROUTE_PREFIX = "Places to visit, in order: "
 
 
@@ -38,8 +38,11 @@ def route_hint(game_path: str) -> str:
     return ROUTE_PREFIX + ", ".join(places) + "."
 
 
-def privileged_text(kind: str, skills: str | None = None) -> Callable[[str], str]:
-    """A function ``game_path -> privileged text`` of the given kind (``skills`` needs the library folder)."""
+def privileged_text(kind: str, skills: str | None = None) -> Callable[[str], str] | None:
+    """A function ``game_path -> privileged text`` of the given kind (``skills`` needs the library
+    folder); ``None`` for ``none``."""
+    if kind == "none":
+        return None
     if kind == "route":
         return route_hint
     if kind == "skills":
