@@ -1,5 +1,7 @@
 # verl-sdar: two commands on a fresh machine.
 #   make test   set up .venv (CPU torch, verl, alfworld, this package) and run the test suite
+#   make test-fast   the same without the slow tiers (no main_ppo, no Ray: `-m "unit or envs"`, tests/conftest.py)
+#   make lint   ruff (settings in pyproject.toml)
 #   make demo   set up .venv, build the tiny model + code-word data, run SDAR on CPU via main_ppo
 # Set VENV=... to use another virtual environment (it is created if missing).
 
@@ -10,7 +12,7 @@ TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.verl-sdar-installed
 PYTEST_ARGS ?=
 
-.PHONY: install test demo clean
+.PHONY: install test test-fast lint demo clean
 
 install: $(STAMP)
 
@@ -25,6 +27,12 @@ $(STAMP): setup.py
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+test-fast: install
+	$(PY) -m pytest -q -m "unit or envs" $(PYTEST_ARGS) tests
+
+lint: install
+	$(VENV)/bin/ruff check .
 
 demo: install
 	$(PY) -m verl_sdar.tiny_model $(WORK)/tiny-model

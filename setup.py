@@ -32,7 +32,7 @@ setup(
         "pyarrow",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "ruff"],
         "alfworld": ["alfworld==0.4.2"],
         # offline Search-QA: BM25 in process; the corpus is built from countryinfo's data (pinned:
         # the generated set must not change under us)

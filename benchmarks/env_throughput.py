@@ -67,13 +67,16 @@ def search_qa(work: Path) -> list[str]:
     rows.append(f"| questions available / train / test | {stats['questions_available']} / 512 / 128 |")
     rows.append(f"| test questions by type | {', '.join(f'{k} {v}' for k, v in stats['test_by_type'].items())} |")
     rows.append(f"| build corpus + questions / BM25 index | {build_s:.2f} s / {index_s:.2f} s |")
-    rows.append(f"| recall@3, question as query: all supporting passages | {sum(a for a, _ in every) / len(every):.3f} |")
+    rows.append("| recall@3, question as query: all supporting passages | "
+                f"{sum(a for a, _ in every) / len(every):.3f} |")
     rows.append(f"| recall@3, question as query: at least one | {sum(b for _, b in every) / len(every):.3f} |")
     for t, v in sorted(by_type.items()):
-        rows.append(f"| recall@3 (all / any), {t} | {sum(a for a, _ in v) / len(v):.3f} / {sum(b for _, b in v) / len(v):.3f} |")
+        rows.append(f"| recall@3 (all / any), {t} | {sum(a for a, _ in v) / len(v):.3f} / "
+                    f"{sum(b for _, b in v) / len(v):.3f} |")
     rows.append(f"| BM25 query latency, median (batch 1) | {statistics.median(latencies) * 1e3:.2f} ms "
                 f"({1 / statistics.median(latencies):.0f} queries/s) |")
-    rows.append(f"| oracle (search each supporting title, answer the gold) EM | {sum(oracle_em) / len(oracle_em):.3f} |")
+    rows.append("| oracle (search each supporting title, answer the gold) EM | "
+                f"{sum(oracle_em) / len(oracle_em):.3f} |")
     return rows
 
 
@@ -124,7 +127,8 @@ def webshop(work: Path, seed: int = 0) -> list[str]:
         return action
 
     rows = ["\n## WebShop-style shop (generated catalogue, BM25)\n", "| | |\n|---|---|"]
-    rows.append(f"| products / categories / product types | {stats['products']} / {stats['categories']} / {stats['product_types']} |")
+    rows.append(f"| products / categories / product types | {stats['products']} / {stats['categories']} / "
+                f"{stats['product_types']} |")
     rows.append(f"| goals train / test | {stats['goals_train']} / {stats['goals_test']} |")
     rows.append(f"| build catalogue + goals / BM25 index | {build_s:.2f} s / {index_s:.2f} s |")
     for name, policy in (("oracle", oracle()), ("random admissible", random_policy)):

@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- SFT samples: {len(rows)} expert turns ({sum(bool(r['with_privileged']) for r in rows)} with the privileged "
         f"block ({a.privileged}), games chosen with probability {a.fraction}), {n_tokens / 1e6:.2f} M characters",
         f"- model: Qwen2 architecture, hidden {a.hidden_size}, {a.num_layers} layers, tokenizer trained on the samples "
-        f"(vocabulary {json.loads((model / 'config.json').read_text())['vocab_size']}, at most {a.vocab_size}); SFT {a.epochs} epochs, lr {a.lr}, batch {a.batch_size}, "
+        f"(vocabulary {json.loads((model / 'config.json').read_text())['vocab_size']}, at most {a.vocab_size}); "
+        f"SFT {a.epochs} epochs, lr {a.lr}, batch {a.batch_size}, "
         f"final loss {sft_log[-1]['loss']:.3f}",
         f"- evaluation: max {a.max_steps} steps, history 2, the agent loop's prompts, greedy (T=0) and sampled; "
         f"with = the teacher's privileged system block ({a.privileged}) in the policy's own prompt\n",

@@ -1,27 +1,131 @@
-"""Shared fixtures.
+"""Shared fixtures, and the test tiers (markers registered in pyproject.toml).
 
-The small ALFWorld set (2 tasks per type per split, seed 0) is generated on first use into
-``envs/alfworld/data_small`` (git-ignored): it embeds alfworld's PDDL domain and grammar, which
-are alfworld's files, so the repository ships the generator, not the games.
+The small ALFWorld set (2 tasks per type per split, seed 0) is generated once per test session
+into a pytest temporary folder (``alfworld_small``): it embeds alfworld's PDDL domain and grammar,
+which are alfworld's files, so the repository ships the generator, not the games. Tests write
+generated data only under pytest's temporary folders, never into the checkout.
+
+Tiers: every test gets exactly one of ``unit``, ``envs`` or ``e2e`` (``make test-fast`` runs
+``-m "unit or envs"``):
+
+- ``e2e``: runs verl's ``python -m verl.trainer.main_ppo`` or starts Ray, or is too slow for
+  ``make test-fast`` (listed in ``TEST_TIERS``);
+- ``envs``: plays real environment episodes (ALFWorld/TextWorld, WebShop, Search) without main_ppo;
+- ``unit``: the rest.
+
+The tier of a test is the one ``TEST_TIERS`` gives it, else ``e2e`` when it calls the main_ppo
+runner (``run_main_ppo``), names ``verl.trainer.main_ppo`` in its code or uses a Ray fixture
+(``RAY_FIXTURES``), else its module's (``MODULE_TIERS``). A test module missing from
+``MODULE_TIERS`` fails the collection: classify new test files here.
 """
+
+from __future__ import annotations
 
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
 
-ALFWORLD_SMALL = Path(__file__).resolve().parents[1] / "envs" / "alfworld" / "data_small"
 ALFWORLD_SMALL_ARGS = ["--n-train", "12", "--n-eval-seen", "12", "--n-eval-unseen", "12", "--seed", "0",
                        "--no-initial-state", "--quiet"]
 
 
 @pytest.fixture(scope="session")
-def alfworld_small() -> Path:
+def alfworld_small(tmp_path_factory) -> Path:
+    """The small ALFWorld set, generated once per session under pytest's temporary folder."""
     pytest.importorskip("alfworld")
-    if not (ALFWORLD_SMALL / "manifest.jsonl").is_file():
-        subprocess.run(
-            [sys.executable, "-m", "verl_sdar.envs.alfworld.generate", str(ALFWORLD_SMALL), *ALFWORLD_SMALL_ARGS],
-            check=True,
+    out = tmp_path_factory.mktemp("alfworld") / "data_small"
+    subprocess.run(
+        [sys.executable, "-m", "verl_sdar.envs.alfworld.generate", str(out), *ALFWORLD_SMALL_ARGS],
+        check=True,
+    )
+    return out
+
+
+# ----------------------------------------------------------------------------- test tiers
+TIERS = ("unit", "envs", "e2e")
+MODULE_TIERS = {
+    "test_advantages.py": "unit",
+    "test_alfworld_agent_loop.py": "envs",    # + two main_ppo tests (e2e, found by run_main_ppo)
+    "test_alfworld_generator.py": "envs",
+    "test_alfworld_warmstart.py": "envs",
+    "test_config.py": "unit",                 # + one main_ppo start-up failure (e2e, names main_ppo)
+    "test_config_reference.py": "unit",
+    "test_cpu_defaults.py": "unit",
+    "test_cpu_platform.py": "unit",
+    "test_curves_report.py": "unit",
+    "test_e2e_cpu.py": "e2e",
+    "test_env_common.py": "unit",
+    "test_episodes.py": "unit",
+    "test_hf_generation.py": "unit",
+    "test_hf_rollout.py": "e2e",              # Ray actors
+    "test_import_graph.py": "unit",
+    "test_methods.py": "unit",
+    "test_objectives.py": "unit",
+    "test_plugin.py": "unit",                 # + the Ray worker test (e2e, ray_cluster)
+    "test_recipes.py": "unit",
+    "test_search.py": "envs",                 # + one main_ppo test (e2e)
+    "test_skills.py": "unit",
+    "test_teacher.py": "unit",
+    "test_tiny_model.py": "unit",
+    "test_webshop.py": "envs",                # + one main_ppo test (e2e)
+}
+# Per test (``file::function``, parameters ignored), for what the rules below cannot see. The slowest
+# quick tests (about 10 s and more each on 2 cores) go to e2e, to keep `make test-fast` within 3 minutes.
+TEST_TIERS: dict[str, str] = {
+    "test_alfworld_generator.py::test_same_seed_same_files": "e2e",              # regenerates all 36 games
+    "test_alfworld_generator.py::test_expert_solves_every_shipped_task": "e2e",  # plans all 36 games
+    "test_alfworld_agent_loop.py::test_expert_wins_every_shipped_game_and_throughput": "e2e",
+    "test_alfworld_warmstart.py::test_sft_loss_mask_covers_the_response_only_and_training_lowers_the_loss": "e2e",
+    "test_cpu_platform.py::test_import_verl_picks_the_cpu_platform_in_a_fresh_process": "e2e",  # a fresh `import verl`
+    "test_tiny_model.py::test_cli": "e2e",                                       # a fresh process builds the model
+}
+RAY_FIXTURES = {"ray_cluster"}
+MAIN_PPO_NAMES = {"run_main_ppo", "run_recipe"}  # tests/main_ppo_runner.py (run_recipe: test_e2e_cpu's alias)
+MAIN_PPO_MODULE = "verl.trainer.main_ppo"
+
+
+def _code_objects(code: types.CodeType):
+    yield code
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _code_objects(const)
+
+
+def _runs_main_ppo(function) -> bool:
+    """The test calls the main_ppo runner or spells out ``python -m verl.trainer.main_ppo``."""
+    code = getattr(function, "__code__", None)
+    if code is None:
+        return False
+    for c in _code_objects(code):
+        if MAIN_PPO_NAMES & set(c.co_names) or any(isinstance(k, str) and k == MAIN_PPO_MODULE for k in c.co_consts):
+            return True
+    return False
+
+
+def tier_of(item: pytest.Item) -> str | None:
+    name = item.path.name
+    listed = TEST_TIERS.get(f"{name}::{getattr(item, 'originalname', item.name)}")
+    if listed is not None:
+        return listed
+    if RAY_FIXTURES & set(getattr(item, "fixturenames", ())) or _runs_main_ppo(getattr(item, "function", None)):
+        return "e2e"
+    return MODULE_TIERS.get(name)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own hook deselects by -m
+def pytest_collection_modifyitems(config, items):
+    unclassified = set()
+    for item in items:
+        tier = tier_of(item)
+        if tier not in TIERS:
+            unclassified.add(item.path.name)
+            continue
+        item.add_marker(getattr(pytest.mark, tier))
+    if unclassified:
+        raise pytest.UsageError(
+            f"test module(s) without a tier: {sorted(unclassified)}; add them to MODULE_TIERS in tests/conftest.py "
+            f"(one of {TIERS})"
         )
-    return ALFWORLD_SMALL

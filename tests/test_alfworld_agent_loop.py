@@ -20,9 +20,6 @@ from verl_sdar.envs.alfworld.prompts import (
     project_action,
 )
 
-REPO = Path(__file__).resolve().parent.parent
-DATA = REPO / "envs" / "alfworld" / "data_small"
-
 
 # ----------------------------------------------------------------------------- (a) prompts
 def test_first_prompt_has_observation_and_admissible_actions_without_help():
@@ -98,7 +95,7 @@ def tokenizer(tmp_path_factory):
 def games(alfworld_small):
     from verl_sdar.envs.alfworld.play import find_games, split_dir
 
-    found = find_games(split_dir("train", DATA))
+    found = find_games(split_dir("train", alfworld_small))
     assert found, "small ALFWorld set missing"
     return found
 
@@ -223,13 +220,14 @@ def test_expert_wins_every_shipped_game_and_throughput(tokenizer, games, capsys)
 
     results = asyncio.run(run_all())
     secs = time.perf_counter() - t0
-    for g, outs in zip(games, results):
+    for g, outs in zip(games, results, strict=True):
         assert len(outs) == plans[g].steps
         assert all(o.extra_fields["won"] for o in outs), g
         steps += len(outs)
     with capsys.disabled():
         print(f"\n[alfworld agent loop] {len(games)} episodes, {steps} turns in {secs:.2f}s: "
-              f"{steps / secs:.1f} turns/s, {len(games) / secs:.2f} episodes/s (resets, prompts, tokenisation included)")
+              f"{steps / secs:.1f} turns/s, {len(games) / secs:.2f} episodes/s "
+              "(resets, prompts, tokenisation included)")
 
 
 @pytestmark_env
@@ -313,7 +311,7 @@ def test_dataset_rows(tmp_path, alfworld_small):
 
     from verl_sdar.envs.alfworld.dataset import build
 
-    counts = build(DATA, tmp_path, limit_val=3)
+    counts = build(alfworld_small, tmp_path, limit_val=3)
     assert counts["val"] == 3 and counts["train"] >= 6
     df = pd.read_parquet(tmp_path / "train.parquet")
     assert set(df["agent_name"]) == {"alfworld"}
@@ -334,7 +332,7 @@ def test_one_sdar_step_through_main_ppo(tmp_path, alfworld_small):
     from verl_sdar.tiny_model import build_tiny_model
 
     build_tiny_model(tmp_path / "tiny-model", seed=0)
-    build(DATA, tmp_path / "alfworld", limit_val=4)
+    build(alfworld_small, tmp_path / "alfworld", limit_val=4)
     train = pd.read_parquet(tmp_path / "alfworld" / "train.parquet")
     train["extra_info"] = [
         {**info, "privileged": "Skill: look inside closed receptacles first." if i % 2 == 0 else ""}
@@ -358,7 +356,8 @@ def test_one_sdar_step_through_main_ppo(tmp_path, alfworld_small):
     assert sum(val[f"val-aux/alfworld/episodes/{t}"] for t in val_types) == 4
     # training success: each episode counted once (not once per turn row), overall and per type
     assert step["episode/success_rate"] == 0.0 and step["episode/episodes"] == 4
-    train_types = {k.split("/")[1] for k in step if k.startswith("episode/") and k.endswith("/success_rate")} - {"success_rate"}
+    train_types = {k.split("/")[1] for k in step
+                   if k.startswith("episode/") and k.endswith("/success_rate")} - {"success_rate"}
     assert sum(step[f"episode/{t}/episodes"] for t in train_types) == 4
     # training: 2 games x 2 episodes x 3 turns (a random tiny model never wins in 3 steps)
     assert step["critic/score/mean"] == 0.0
@@ -382,7 +381,7 @@ def test_eval_only_reports_success_per_task_type(tmp_path, alfworld_small):
     from verl_sdar.tiny_model import build_tiny_model
 
     build_tiny_model(tmp_path / "tiny-model", seed=0)
-    build(DATA, tmp_path / "alfworld", val_split="valid_unseen", limit_val=6)
+    build(alfworld_small, tmp_path / "alfworld", val_split="valid_unseen", limit_val=6)
     records = run_main_ppo(
         tmp_path, "alfworld/tiny_cpu_sdar",
         "trainer.val_only=true", "trainer.val_before_train=true", "env.max_steps=2",

@@ -1,8 +1,8 @@
 """ALFWorld task generator and play API, on the real TextWorld PDDL engine (needs `alfworld`).
 
-The small set ``envs/alfworld/data_small`` (2 tasks per type per split, seed 0; generated once by
-the ``alfworld_small`` fixture in conftest.py) is both a fixture and a determinism reference:
-regenerating it must give the same bytes.
+The small set (2 tasks per type per split, seed 0; generated once per session by the
+``alfworld_small`` fixture in conftest.py, under pytest's temporary folder) is both a fixture and a
+determinism reference: regenerating it must give the same bytes.
 """
 
 import filecmp
@@ -25,9 +25,8 @@ from verl_sdar.envs.alfworld.play import (  # noqa: E402
     task_from_observation,
 )
 
-SMALL = Path(__file__).resolve().parents[1] / "envs" / "alfworld" / "data_small"
 SMALL_ARGS = dict(n_train=12, n_eval_seen=12, n_eval_unseen=12, seed=0, initial_state=False)
-SMALL_CMD = ("python -m verl_sdar.envs.alfworld.generate envs/alfworld/data_small "
+SMALL_CMD = ("python -m verl_sdar.envs.alfworld.generate OUT_DIR "
              "--n-train 12 --n-eval-seen 12 --n-eval-unseen 12 --seed 0 --no-initial-state")
 
 
@@ -35,25 +34,25 @@ pytestmark = pytest.mark.usefixtures("alfworld_small")
 
 
 @pytest.fixture(scope="module")
-def manifest():
-    assert (SMALL / "manifest.jsonl").is_file(), "small set missing; build it with: " + SMALL_CMD
-    return gen.read_manifest(str(SMALL))
+def manifest(alfworld_small):
+    assert (alfworld_small / "manifest.jsonl").is_file(), "small set missing; build it with: " + SMALL_CMD
+    return gen.read_manifest(str(alfworld_small))
 
 
 def _files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
-def test_same_seed_same_files(tmp_path):
+def test_same_seed_same_files(tmp_path, alfworld_small):
     """Regenerating the shipped set reproduces it byte for byte (and logs progress)."""
     lines = []
     summary = gen.generate(str(tmp_path / "small"), log=lines.append, **SMALL_ARGS)
     assert summary["counts"] == {"train": 12, "valid_seen": 12, "valid_unseen": 12}
     assert any("[36/36]" in line for line in lines)
-    new, ref = _files(tmp_path / "small"), _files(SMALL)
+    new, ref = _files(tmp_path / "small"), _files(alfworld_small)
     assert new == ref, "file lists differ; rebuild the shipped set with: " + SMALL_CMD
-    _, mismatch, errors = filecmp.cmpfiles(str(SMALL), str(tmp_path / "small"), ref, shallow=False)
-    assert not mismatch and not errors, "files differ (%s); rebuild with: %s" % (mismatch[:3], SMALL_CMD)
+    _, mismatch, errors = filecmp.cmpfiles(str(alfworld_small), str(tmp_path / "small"), ref, shallow=False)
+    assert not mismatch and not errors, f"files differ ({mismatch[:3]}); rebuild with: {SMALL_CMD}"
 
 
 def test_different_seed_different_tasks():
@@ -66,12 +65,12 @@ def test_different_seed_different_tasks():
     assert ta == [gen.signature(gen.sample_task(gen.make_split_plan(0), "train", i)) for i in range(12)]
 
 
-def test_layout_matches_alfworld(manifest):
-    assert (SMALL / "logic" / "alfred.pddl").is_file() and (SMALL / "logic" / "alfred.twl2").is_file()
+def test_layout_matches_alfworld(manifest, alfworld_small):
+    assert (alfworld_small / "logic" / "alfred.pddl").is_file() and (alfworld_small / "logic" / "alfred.twl2").is_file()
     for row in manifest:
-        game = SMALL / row["game"]
+        game = alfworld_small / row["game"]
         assert game.parent.name.startswith("trial_")
-        assert row["game"].startswith("json_2.1.1/%s/%s-" % (row["split"], row["task_type"]))
+        assert row["game"].startswith(f"json_2.1.1/{row['split']}/{row['task_type']}-")
         data = json.loads(game.read_text())
         assert set(data) == {"pddl_domain", "grammar", "pddl_problem", "solvable", "walkthrough"}
         assert data["solvable"] is True and len(data["walkthrough"]) == row["expert_steps"] > 0
@@ -81,7 +80,7 @@ def test_layout_matches_alfworld(manifest):
         assert traj["pddl_params"]["object_target"] == row["object_target"]
     # find_games uses AlfredTWEnv's rules; split_dir resolves like $ALFWORLD_DATA/json_2.1.1/<split>
     for split in gen.SPLITS:
-        assert len(find_games(split_dir(split, SMALL))) == 12
+        assert len(find_games(split_dir(split, alfworld_small))) == 12
 
 
 def test_all_types_in_every_split(manifest):
@@ -92,7 +91,7 @@ def test_all_types_in_every_split(manifest):
         assert all(sum(r["task_type"] == t for r in rows) == 2 for t in TASK_TYPES)
 
 
-def test_unseen_disjoint_from_train(manifest):
+def test_unseen_disjoint_from_train(manifest, alfworld_small):
     def layouts(split):
         return {r["layout"] for r in manifest if r["split"] == split}
 
@@ -112,23 +111,23 @@ def test_unseen_disjoint_from_train(manifest):
     assert all(t.combo in plan.heldout_combos for t in unseen)
     assert {t.task_type for t in unseen} == set(TASK_TYPES)
     # split_plan.json records the same plan
-    assert json.loads((SMALL / "split_plan.json").read_text()) == json.loads(json.dumps(plan.to_json()))
+    assert json.loads((alfworld_small / "split_plan.json").read_text()) == json.loads(json.dumps(plan.to_json()))
 
 
-def test_expert_solves_every_shipped_task(manifest):
+def test_expert_solves_every_shipped_task(manifest, alfworld_small):
     env = AlfworldEnv(max_steps=60, expert="planner")
     try:
         for row in manifest:
-            res = run_expert(SMALL / row["game"], env=env, max_steps=60)
+            res = run_expert(alfworld_small / row["game"], env=env, max_steps=60)
             assert res.won, (row["game"], res.error)
             assert res.steps == row["expert_steps"]
     finally:
         env.close()
 
 
-def test_play_api(manifest):
+def test_play_api(manifest, alfworld_small):
     row = next(r for r in manifest if r["task_type"] == "pick_heat_then_place_in_recep")
-    game = SMALL / row["game"]
+    game = alfworld_small / row["game"]
     walkthrough = json.loads(game.read_text())["walkthrough"]
     with AlfworldEnv(max_steps=len(walkthrough) + 3) as env:
         obs, info = env.reset(game)
@@ -150,11 +149,11 @@ def test_play_api(manifest):
         assert done and not info["won"]
 
 
-def test_alfred_tw_env_finds_and_plays_the_games(monkeypatch):
+def test_alfred_tw_env_finds_and_plays_the_games(monkeypatch, alfworld_small):
     """alfworld's own AlfredTWEnv (what verl-agent uses) with ALFWORLD_DATA pointing at the set."""
     from alfworld.agents.environment import get_environment
 
-    monkeypatch.setenv("ALFWORLD_DATA", str(SMALL))
+    monkeypatch.setenv("ALFWORLD_DATA", str(alfworld_small))
     cfg = {"env": {"type": "AlfredTWEnv", "goal_desc_human_anns_prob": 0, "task_types": [1, 2, 3, 4, 5, 6],
                    "domain_randomization": False, "expert_type": "planner"},
            "dataset": {"data_path": "$ALFWORLD_DATA/json_2.1.1/train",

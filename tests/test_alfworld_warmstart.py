@@ -98,7 +98,7 @@ def test_sft_loss_mask_covers_the_response_only_and_training_lowers_the_loss(tmp
     base = build_tiny_model(tmp_path / "base", seed=0, extra_corpus=[m["content"] for r in rows for m in r["messages"]])
     tokenizer = AutoTokenizer.from_pretrained(base)
     ids, mask = tokenize_rows(tokenizer, rows[:1], 4096)[0]
-    trained_on = tokenizer.decode([t for t, m in zip(ids, mask) if m])
+    trained_on = tokenizer.decode([t for t, m in zip(ids, mask, strict=True) if m])
     assert trained_on == rows[0]["messages"][-1]["content"] + "<|im_end|>"
     with pytest.raises(ValueError, match="max_length"):
         tokenize_rows(tokenizer, rows[:1], 10)

@@ -1,22 +1,18 @@
-"""The learning-curve report's statistics (benchmarks/curves.py), on hand-made runs."""
+"""The learning-curve report's statistics (verl_sdar.reports.curves, the report of
+benchmarks/curves.py), on hand-made runs."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def curves():
-    spec = importlib.util.spec_from_file_location("curves", REPO / "benchmarks" / "curves.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from verl_sdar.reports import curves
+
+    return curves
 
 
 def test_drops_spikes_band_and_steps_to_reach(curves):
@@ -105,7 +101,7 @@ def test_runs_in_parts_must_share_their_settings(tmp_path, curves):
     raw.mkdir()
     (raw / "settings.json").write_text(json.dumps({"steps": 99}))
     with pytest.raises(SystemExit, match="holds other settings"):
-        curves.main(["--raw-dir", str(raw), "--work", str(tmp_path / "work")])
+        curves.start_sweep(curves.parse_args(["--raw-dir", str(raw), "--work", str(tmp_path / "work")]))
     with pytest.raises(SystemExit, match="unknown method"):
-        curves.main(["--raw-dir", str(tmp_path / "raw2"), "--methods", "grpo,nope"])
+        curves.start_sweep(curves.parse_args(["--raw-dir", str(tmp_path / "raw2"), "--methods", "grpo,nope"]))
     assert not (tmp_path / "raw2").exists()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from verl_sdar.episodes import first_row_per_episode, rate_by_group, session_of
+from verl_sdar.metrics import first_row_per_episode, rate_by_group, session_of
 
 
 def test_session_of_strips_the_turn_index_only():

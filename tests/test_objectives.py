@@ -31,7 +31,7 @@ def flat_valid(rows):
     return [rows[i][j] for i in range(2) for j in range(3) if M[i][j]]
 
 
-GAPS = [t - s for s, t in zip(flat_valid(S), flat_valid(T))]  # [0.5, -1.0, 0.0, -1.0, 1.0]
+GAPS = [t - s for s, t in zip(flat_valid(S), flat_valid(T), strict=True)]  # [0.5, -1.0, 0.0, -1.0, 1.0]
 
 
 def hand_gate(kind, beta, gap, h):
@@ -50,9 +50,9 @@ def test_sdar_loss_value_and_gradient_match_hand_computation(kind, beta):
     s, t, m = tensors()
     ent = torch.tensor(ENT, dtype=torch.float64)
     loss, metrics = obj.sdar_loss(s, t, m, beta=beta, gate=kind, entropy=ent)
-    gates = [hand_gate(kind, beta, d, h) for d, h in zip(GAPS, flat_valid(ENT))]
+    gates = [hand_gate(kind, beta, d, h) for d, h in zip(GAPS, flat_valid(ENT), strict=True)]
     n = len(GAPS)
-    assert loss.item() == pytest.approx(sum(g * d for g, d in zip(gates, GAPS)) / n, abs=1e-12)
+    assert loss.item() == pytest.approx(sum(g * d for g, d in zip(gates, GAPS, strict=True)) / n, abs=1e-12)
     assert metrics["gate_mean"].item() == pytest.approx(sum(gates) / n, abs=1e-12)
     assert metrics["gate_active_ratio"].item() == pytest.approx(sum(g > 0.5 for g in gates) / n)
     assert metrics["gap_mean"].item() == pytest.approx(sum(GAPS) / n)
@@ -125,7 +125,7 @@ def test_masked_and_non_finite_inputs_never_contribute():
 
 
 def _hand_agg(values_rows, mode, width=3):
-    rows = [[v for v, keep in zip(r, mr) if keep] for r, mr in zip(values_rows, M)]
+    rows = [[v for v, keep in zip(r, mr, strict=True) if keep] for r, mr in zip(values_rows, M, strict=True)]
     if mode == "token-mean":
         return sum(sum(r) for r in rows) / sum(len(r) for r in rows)
     if mode == "token-sum":
@@ -181,7 +181,7 @@ def test_gradcheck_in_double_precision():
     assert torch.autograd.gradcheck(lambda x: obj.sdar_loss(x, t, m, gate="constant")[0], (s,))
     assert torch.autograd.gradcheck(lambda x: obj.skill_sd_loss(x, t, old, m)[0], (s,))
     for mode in obj.LOSS_AGG_MODES:
-        assert torch.autograd.gradcheck(lambda x: obj.aggregate(x, m, mode), (s,))
+        assert torch.autograd.gradcheck(lambda x, mode=mode: obj.aggregate(x, m, mode), (s,))
     with pytest.raises(GradcheckError):
         torch.autograd.gradcheck(lambda x: obj.sdar_loss(x, t, m, beta=5.0)[0], (s,))
 
@@ -190,7 +190,7 @@ def test_rlsd_token_advantages_match_hand_values():
     s, t, m = tensors(requires_grad=False)
     adv = torch.tensor([[1.0, 1.0, 1.0], [-2.0, -2.0, -2.0]], dtype=torch.float64)
     out = obj.rlsd_token_advantages(adv, s, t, m, mix=0.5, clip_eps=0.2)
-    for (i, j), gap in zip([(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)], GAPS):
+    for (i, j), gap in zip([(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)], GAPS, strict=True):
         a = adv[i, j].item()
         w = min(max(math.exp(math.copysign(1.0, a) * gap), 0.8), 1.2)
         assert out[i, j].item() == pytest.approx(a * (0.5 + 0.5 * w))
@@ -251,18 +251,34 @@ def test_bad_arguments_raise_clear_errors(call, message):
         call()
 
 
+def _turn_row_grpo(scores, groups, norm_by_std=True):
+    """verl-sdar's turn-row GRPO through verl's own registry (one token per row holds the score)."""
+    import numpy as np
+    from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+
+    import verl_sdar.advantages  # noqa: F401  (registers the estimator)
+
+    if len(groups) != scores.numel():
+        raise ValueError(f"need one score per row: {tuple(scores.shape)} scores, {len(groups)} group ids")
+    fn = get_adv_estimator_fn("turn_row_grpo")
+    rewards = torch.stack([torch.zeros_like(scores), scores], dim=1)
+    adv, _ = fn(token_level_rewards=rewards, response_mask=torch.ones_like(rewards),
+                index=np.array(groups, dtype=object), config={"norm_adv_by_std_in_grpo": norm_by_std})
+    return adv[:, 1]
+
+
 def test_turn_row_grpo_advantages_match_hand_values():
     # group a: 3 turn rows of a won episode (10) and 2 of a lost one with one invalid turn (-0.1)
     scores = torch.tensor([10.0, 10.0, 10.0, 0.0, -0.1, 5.0])
     groups = ["a", "a", "a", "a", "a", "b"]
-    adv = obj.turn_row_grpo_advantages(scores, groups)
+    adv = _turn_row_grpo(scores, groups)
     a = [10.0, 10.0, 10.0, 0.0, -0.1]
     mean = sum(a) / 5
     std = math.sqrt(sum((x - mean) ** 2 for x in a) / 4)
     for i in range(5):
         assert adv[i].item() == pytest.approx((a[i] - mean) / (std + 1e-6), rel=1e-5)
     assert adv[5].item() == pytest.approx(5.0 / (1 + 1e-6))  # single-row group: mean 0, std 1
-    plain = obj.turn_row_grpo_advantages(scores, groups, norm_by_std=False)
+    plain = _turn_row_grpo(scores, groups, norm_by_std=False)
     assert plain[3].item() == pytest.approx(0.0 - mean, rel=1e-5)
     with pytest.raises(ValueError, match="one score per row"):
-        obj.turn_row_grpo_advantages(scores, groups[:-1])
+        _turn_row_grpo(scores, groups[:-1])

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from agent_loop_helpers import FakeServer, make_agent_loop, run_episode
 from main_ppo_runner import by_step, run_main_ppo
 
@@ -67,9 +68,10 @@ def test_retrieval_recall_at_3_of_the_built_set(qa_dir, bm25, capsys):
     test = read_jsonl(qa_dir / "test.jsonl")
     hits = bm25.search([q["question"] for q in test], 3)
     by_type: dict[str, list[tuple[bool, bool]]] = {}
-    for q, h in zip(test, hits):
+    for q, h in zip(test, hits, strict=True):
         ids = {x["document"]["id"] for x in h}
-        by_type.setdefault(q["task_type"], []).append((all(s in ids for s in q["support"]), any(s in ids for s in q["support"])))
+        by_type.setdefault(q["task_type"], []).append(
+            (all(s in ids for s in q["support"]), any(s in ids for s in q["support"])))
     all_ = [x for v in by_type.values() for x in v]
     recall_all = sum(a for a, _ in all_) / len(all_)
     recall_any = sum(b for _, b in all_) / len(all_)
@@ -145,8 +147,10 @@ def test_normalize_answer_hand_cases():
 def test_reward_from_extra_fields():
     gt = {"target": ["Lima"]}
     assert compute_score("countryinfo", "", gt, {"answer": "lima"})["score"] == 1.0
-    r = compute_score("countryinfo", "", gt, {"answer": "Quito", "invalid_action_penalty": 0.02, "task_type": "multi_hop"})
-    assert r["score"] == pytest.approx(-0.02) and r["success"] == 0.0 and r["task_type"] == "multi_hop"
+    r = compute_score("countryinfo", "", gt,
+                      {"answer": "Quito", "invalid_action_penalty": 0.02, "task_type": "multi_hop"})
+    # the penalty is not in the reward: the SDAR trainer subtracts it (verl_sdar.advantages), once
+    assert r["score"] == 0.0 and r["success"] == 0.0 and r["task_type"] == "multi_hop"
     assert compute_score("countryinfo", "", gt, {})["answered"] == 0.0
 
 
@@ -177,7 +181,8 @@ def kwargs_of(question: dict) -> dict:
 
 def oracle(question: dict, corpus: dict[str, str]):
     """Searches the title of each supporting passage, then answers from the information shown."""
-    script = [f"<think>look up {s}</think><search> {corpus[s].split(chr(10))[0]} </search>" for s in question["support"]]
+    script = [f"<think>look up {s}</think><search> {corpus[s].split(chr(10))[0]} </search>"
+              for s in question["support"]]
 
     def answer(prompt_text: str) -> str:
         shown = re.findall(r"\n\n<information>(.*?)</information>", prompt_text, re.DOTALL)
@@ -201,7 +206,8 @@ def test_oracle_policy_wins_every_question_type_and_info_is_masked(tokenizer, qa
     episodes = 0
     for task_type, q in sorted(per_type.items()):
         server = FakeServer(tokenizer, oracle(q, corpus))
-        out = run_episode(lambda: make_search_loop(tokenizer, server, qa_dir, response_length=2048), **kwargs_of(q))
+        out = run_episode(lambda server=server: make_search_loop(tokenizer, server, qa_dir, response_length=2048),
+                          **kwargs_of(q))
         episodes += 1
         f = out.extra_fields
         assert f["won"] and f["answer"] == q["golden_answers"][0] and f["searches"] == len(q["support"]), f
@@ -210,12 +216,12 @@ def test_oracle_policy_wins_every_question_type_and_info_is_masked(tokenizer, qa
         assert score["score"] == 1.0
         # masking: exactly the information blocks are 0; generated turns are 1
         assert len(out.response_ids) == len(out.response_mask) == len(out.response_logprobs)
-        masked = tokenizer.decode([t for t, m in zip(out.response_ids, out.response_mask) if m == 0])
-        generated = tokenizer.decode([t for t, m in zip(out.response_ids, out.response_mask) if m == 1])
+        masked = tokenizer.decode([t for t, m in zip(out.response_ids, out.response_mask, strict=True) if m == 0])
+        generated = tokenizer.decode([t for t, m in zip(out.response_ids, out.response_mask, strict=True) if m == 1])
         assert masked.count("<information>") == len(q["support"]) and "<search>" not in masked
         assert "<information>" not in generated and generated.count("<search>") == len(q["support"])
         assert generated.rstrip().endswith("</answer>")  # text after the closing tag was cut
-        assert all(lp == 0.0 for lp, m in zip(out.response_logprobs, out.response_mask) if m == 0)
+        assert all(lp == 0.0 for lp, m in zip(out.response_logprobs, out.response_mask, strict=True) if m == 0)
         # each turn's prompt is the previous prompt + response so far (one growing sequence)
         assert server.prompts[-1] == out.prompt_ids + out.response_ids[: len(server.prompts[-1]) - len(out.prompt_ids)]
         assert server.sampling_params[0]["max_tokens"] == 2048
@@ -231,8 +237,12 @@ def test_invalid_turns_are_flagged_penalised_and_bounded_by_max_steps(tokenizer,
     assert f["invalid_action_penalty"] == pytest.approx(0.04)
     assert "no <search> or <answer> block" in f["invalid_reason"] and "empty <answer> block" in f["invalid_reason"]
     score = compute_score("countryinfo", "", {"target": q["golden_answers"]}, {**kwargs_of(q)["extra_info"], **f})
-    assert score["score"] == pytest.approx(-0.04)
-    masked = tokenizer.decode([t for t, m in zip(out.response_ids, out.response_mask) if m == 0])
+    # the reward the trainer trains on: the score with the row's penalty subtracted (the one place it is)
+    from verl_sdar.advantages import penalise_rewards, row_penalties
+
+    trained = penalise_rewards([torch.tensor([0.0, score["score"]])], row_penalties([f]))[0]
+    assert score["score"] == 0.0 and float(trained.sum()) == pytest.approx(-0.04)
+    masked = tokenizer.decode([t for t, m in zip(out.response_ids, out.response_mask, strict=True) if m == 0])
     assert masked.count("Invalid action") == 3  # a hint after each invalid turn but the last
 
 
@@ -301,7 +311,8 @@ def test_skill_library_covers_every_question_type():
 
     library = SkillLibrary.load(REPO / "envs" / "search" / "skills")
     assert set(library.task_skills) == set(TASK_TYPES)
-    assert library.infer_task_type("What is the capital of the country whose people are called Peruvian?") == "multi_hop"
+    question = "What is the capital of the country whose people are called Peruvian?"
+    assert library.infer_task_type(question) == "multi_hop"
 
 
 # ----------------------------------------------------------------------------- main_ppo on CPU
@@ -314,7 +325,8 @@ def test_one_sdar_step_through_main_ppo(tmp_path, qa_dir):
 
     build_tiny_model(tmp_path / "tiny-model", seed=0)
     (tmp_path / "search-qa").symlink_to(qa_dir)
-    write({"train": rows_from_qa(qa_dir / "train.jsonl", "train", 8), "val": rows_from_qa(qa_dir / "test.jsonl", "test", 6)},
+    write({"train": rows_from_qa(qa_dir / "train.jsonl", "train", 8),
+           "val": rows_from_qa(qa_dir / "test.jsonl", "test", 6)},
           tmp_path / "search")
     records = run_main_ppo(
         tmp_path, "search/tiny_cpu_sdar",

@@ -71,7 +71,8 @@ def test_each_distinct_text_is_tokenised_once(tokenizer):
 
 
 def test_privileged_texts_reads_the_key_and_rejects_missing_fields():
-    assert privileged_texts([{"privileged": "a"}, {"privileged": None}, {"privileged": ""}], "privileged") == ["a", "", ""]
+    rows = [{"privileged": "a"}, {"privileged": None}, {"privileged": ""}]
+    assert privileged_texts(rows, "privileged") == ["a", "", ""]
     with pytest.raises(KeyError, match="row 1: extra_info has no privileged-text field 'privileged'"):
         privileged_texts([{"privileged": "a"}, {"other": 1}], "privileged")
     with pytest.raises(TypeError, match="must be a string"):
@@ -124,7 +125,8 @@ def test_bos_stays_first_when_the_prompt_starts_with_it():
 
 
 DEFAULT_SYSTEM_TEMPLATE = (
-    "{%- if messages[0]['role'] != 'system' %}{{- '<|im_start|>system\\nYou are a helpful agent.<|im_end|>\\n' }}{%- endif %}"
+    "{%- if messages[0]['role'] != 'system' %}"
+    "{{- '<|im_start|>system\\nYou are a helpful agent.<|im_end|>\\n' }}{%- endif %}"
     "{%- for m in messages %}{{- '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )

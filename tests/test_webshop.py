@@ -248,7 +248,8 @@ def test_one_sdar_step_through_main_ppo(tmp_path, catalogue):
     records = run_main_ppo(
         tmp_path, "webshop/tiny_cpu_sdar",
         "trainer.total_training_steps=1", "trainer.val_before_train=true", "data.shuffle=false",
-        "env.max_steps=2", "sdar.privileged.source=skills", f"sdar.skills.library={REPO / 'envs' / 'webshop' / 'skills'}",
+        "env.max_steps=2", "sdar.privileged.source=skills",
+        f"sdar.skills.library={REPO / 'envs' / 'webshop' / 'skills'}",
         timeout=420,
     )
     merged = by_step(records)

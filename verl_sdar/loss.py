@@ -21,7 +21,7 @@ from verl.workers.utils.losses import ppo_loss
 from verl.workers.utils.padding import no_padding_2_padding
 
 from .config import SDARConfig
-from .objectives import opsd_loss, sdar_loss, skill_sd_loss
+from .methods import objective_of
 
 __all__ = ["actor_loss", "make_actor_loss"]
 
@@ -38,33 +38,23 @@ def _loss_metric_aggregation(data: TensorDict, config) -> AggregationType:
 
 
 def actor_loss(config, model_output, data: TensorDict, dp_group=None, *, sdar: SDARConfig):
-    """``ppo_loss(...) + sdar.coef * L_obj``; metrics under ``sdar/*`` (shown as ``actor/sdar/*``)."""
+    """``ppo_loss(...) + sdar.coef * term``; the term is the objective's registered loss term
+    (``verl_sdar.methods``); metrics under ``sdar/*`` (shown as ``actor/sdar/*``)."""
     policy_loss, metrics = ppo_loss(config, model_output, data, dp_group)
+    objective = objective_of(sdar)
+    if objective.loss_term is None:
+        raise ValueError(f"objective {sdar.objective!r} adds no loss term; the trainer should not install this loss")
 
     student = no_padding_2_padding(model_output["log_probs"], data)
-    needed = ["response_mask", "teacher_log_probs"]
-    if sdar.objective == "skill_sd":
-        needed.append("old_log_probs")
-    if sdar.gate in ("entropy", "soft_or"):
-        needed.append("entropy")
+    needed = ["response_mask", *objective.row_fields(sdar)]
     missing = [k for k in needed if k not in data.keys()]
     if missing:
         raise KeyError(f"verl-sdar actor loss: row fields {missing} missing; did the teacher pass run?")
-    rows = data.select(*needed).to_padded_tensor()
-    mask = rows["response_mask"].bool()
-    teacher = rows["teacher_log_probs"].to(student.dtype)
+    padded = data.select(*needed).to_padded_tensor()
+    mask = padded["response_mask"].bool()
+    rows = {name: padded[name] for name in needed if name != "response_mask"}
     agg = dict(loss_agg_mode=config.loss_agg_mode, **config.global_batch_info)
-
-    if sdar.objective == "sdar":
-        entropy = rows["entropy"].to(student.dtype) if "entropy" in rows.keys() else None
-        term, term_metrics = sdar_loss(student, teacher, mask, beta=sdar.beta, gate=sdar.gate, entropy=entropy, **agg)
-    elif sdar.objective == "opsd":
-        term, term_metrics = opsd_loss(student, teacher, mask, **agg)
-    elif sdar.objective == "skill_sd":
-        old = rows["old_log_probs"].to(student.dtype)
-        term, term_metrics = skill_sd_loss(student, teacher, old, mask, **agg)
-    else:
-        raise ValueError(f"objective {sdar.objective!r} adds no loss term; the trainer should not install this loss")
+    term, term_metrics = objective.loss_term(student, rows, mask, sdar, agg)
 
     policy_loss = policy_loss + sdar.coef * term
     loss_aggregation = _loss_metric_aggregation(data, config)

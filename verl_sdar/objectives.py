@@ -19,7 +19,6 @@ teacher gives zero probability yields a finite gap (its gate is then exactly 0).
 
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 
@@ -34,7 +33,6 @@ __all__ = [
     "rlsd_token_advantages",
     "sdar_loss",
     "skill_sd_loss",
-    "turn_row_grpo_advantages",
 ]
 
 GATES = ("gap", "entropy", "soft_or", "constant")
@@ -50,7 +48,7 @@ def _clean(log_probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, inside, torch.zeros_like(log_probs))
 
 
-def _check(mask: torch.Tensor, *tensors: Optional[torch.Tensor]) -> torch.Tensor:
+def _check(mask: torch.Tensor, *tensors: torch.Tensor | None) -> torch.Tensor:
     for t in tensors:
         if t is not None and t.shape != mask.shape:
             raise ValueError(f"shape mismatch: expected {tuple(mask.shape)} like response_mask, got {tuple(t.shape)}")
@@ -63,9 +61,9 @@ def aggregate(
     loss_agg_mode: str = "token-mean",
     *,
     dp_size: int = 1,
-    batch_num_tokens: Optional[int] = None,
-    global_batch_size: Optional[int] = None,
-    loss_scale_factor: Optional[float] = None,
+    batch_num_tokens: int | None = None,
+    global_batch_size: int | None = None,
+    loss_scale_factor: float | None = None,
 ) -> torch.Tensor:
     """Reduce a (batch, tokens) matrix to a scalar; same modes and normalisers as verl's ``agg_loss``.
 
@@ -107,7 +105,7 @@ def aggregate(
 
 
 def compute_gate(
-    gap: torch.Tensor, *, beta: float, gate: str = "gap", entropy: Optional[torch.Tensor] = None
+    gap: torch.Tensor, *, beta: float, gate: str = "gap", entropy: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Per-token gate in (0, 1), always detached.
 
@@ -157,7 +155,7 @@ def sdar_loss(
     *,
     beta: float = 5.0,
     gate: str = "gap",
-    entropy: Optional[torch.Tensor] = None,
+    entropy: torch.Tensor | None = None,
     loss_agg_mode: str = "token-mean",
     **agg_kwargs,
 ) -> tuple[torch.Tensor, Metrics]:
@@ -266,29 +264,3 @@ def skill_sd_loss(
     k3_mean, _ = _masked_mean_std(k3.detach(), mask)
     gap_mean, gap_std = _masked_mean_std(-d.detach(), mask)
     return loss, {"k3_mean": k3_mean, "gap_mean": gap_mean, "gap_std": gap_std, "loss": loss.detach()}
-
-
-def turn_row_grpo_advantages(
-    scores: torch.Tensor, groups: list, *, norm_by_std: bool = True, eps: float = 1e-6
-) -> torch.Tensor:
-    """Group-normalised outcome advantage over every row of a group (one row per turn).
-
-        A_i = (r_i - mean_g(r)) / (std_g(r) + eps)     (std: unbiased; without norm_by_std: r_i - mean_g)
-
-    ``g`` is row i's group (the rollouts of one task, all their turn rows together, so long episodes
-    weigh more). A group of one row gets ``A = r`` (mean 0, std 1), as in verl's GRPO.
-    """
-    if scores.dim() != 1 or len(groups) != scores.numel():
-        raise ValueError(f"need one score per row: {tuple(scores.shape)} scores, {len(groups)} group ids")
-    out = torch.empty_like(scores, dtype=torch.float32)
-    index: dict = {}
-    for i, g in enumerate(groups):
-        index.setdefault(g, []).append(i)
-    for members in index.values():
-        r = scores[members].float()
-        if len(members) == 1:
-            mean, std = torch.zeros(()), torch.ones(())
-        else:
-            mean, std = r.mean(), r.std()
-        out[members] = (r - mean) / (std + eps) if norm_by_std else r - mean
-    return out

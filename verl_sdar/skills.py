@@ -348,7 +348,7 @@ class Retriever(ABC):
     @abstractmethod
     def _retrieve(self, prompt: str | None, task_type: str | None) -> Retrieval: ...
 
-    def update(self, retrieval: Retrieval, reward: float) -> None:
+    def update(self, retrieval: Retrieval, reward: float) -> None:  # noqa: B027 - only ucb overrides it
         """Feed back an episode outcome for a retrieval; only ``ucb`` learns from it."""
 
     def reset_counts(self) -> None:
@@ -516,7 +516,7 @@ class UCBRetriever(Retriever):
         arm = self.library.arms[best]
         return self.library.retrieval((*self.library.general, arm), context)
 
-    def update(self, retrieval: Retrieval, reward: float) -> None:
+    def update(self, retrieval: Retrieval, reward: float) -> None:  # noqa: B027 - only ucb overrides it
         """Credit ``reward`` to the arm of ``retrieval`` in the bandit of its task type."""
         if not (isinstance(reward, (int, float)) and math.isfinite(reward)):
             raise ValueError(f"ucb reward must be a finite number, got {reward!r}")

@@ -25,20 +25,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import torch
+
+from .names import PLACEMENTS
 
 __all__ = [
     "PLACEMENTS",
     "PrivilegedBlocks",
+    "TeacherBuilder",
     "TeacherRows",
     "build_teacher_rows",
     "privileged_texts",
     "strip_left_padding",
 ]
 
-PLACEMENTS = ("start", "before_last_user")
 _SENTINEL = "\u2063SDAR-SENTINEL\u2063"
 
 
@@ -100,7 +102,7 @@ class PrivilegedBlocks:
         self.header = header
         self.role = role
         self.placement = placement
-        self.bos_token_id: Optional[int] = getattr(tokenizer, "bos_token_id", None)
+        self.bos_token_id: int | None = getattr(tokenizer, "bos_token_id", None)
         self._cache: dict[str, list[int]] = {"": []}
         self._user_header = self._turn_header_ids("user")
         self.tail_length = self._generation_tail_length()
@@ -176,7 +178,7 @@ class TeacherRows:
         return [n > 0 for n in self.removed_context_tokens]
 
 
-def strip_left_padding(ids: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+def strip_left_padding(ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
     """The real tokens of a (possibly left-padded) 1-D prompt."""
     ids = ids.reshape(-1)
     if attention_mask is None:
@@ -190,17 +192,18 @@ def build_teacher_rows(
     blocks: Sequence[Sequence[int]],
     insert_at: Sequence[int],
     *,
-    cut_from: Optional[Sequence[int]] = None,
-    max_prompt_length: Optional[int] = None,
+    cut_from: Sequence[int] | None = None,
+    max_prompt_length: int | None = None,
     keep_tail: int = 0,
-    prompt_attention_masks: Optional[Sequence[torch.Tensor]] = None,
+    prompt_attention_masks: Sequence[torch.Tensor] | None = None,
 ) -> TeacherRows:
     """Row i becomes ``prompt[:k] + block + prompt[k:c] + prompt[c + r:] + response``.
 
     ``k = insert_at[i]``, ``c = cut_from[i]`` (default ``k``; ``c >= k``), and ``r`` is 0 unless the
     teacher prompt would exceed ``max_prompt_length``, in which case the ``r`` tokens from ``c`` on
     are removed (see module docstring); the last ``keep_tail`` prompt tokens (end of turn and the
-    generation prompt, ``PrivilegedBlocks.tail_length``) are never removed. Left padding (given by ``prompt_attention_masks``) is stripped
+    generation prompt, ``PrivilegedBlocks.tail_length``) are never removed. Left padding (given by
+    ``prompt_attention_masks``) is stripped
     first; ``insert_at``/``cut_from`` index the stripped prompt. Position ids run 0..n-1.
     """
     if cut_from is None:
@@ -212,7 +215,8 @@ def build_teacher_rows(
         )
     out = TeacherRows()
     block_tensors: dict[int, torch.Tensor] = {}
-    for i, (prompt, response, block, k, c) in enumerate(zip(prompts, responses, blocks, insert_at, cut_from)):
+    rows = zip(prompts, responses, blocks, insert_at, cut_from, strict=True)
+    for i, (prompt, response, block, k, c) in enumerate(rows):
         mask = prompt_attention_masks[i] if prompt_attention_masks is not None else None
         prompt = strip_left_padding(prompt, mask).to(torch.int64)
         removed = 0
@@ -221,7 +225,9 @@ def build_teacher_rows(
             if b is None:
                 b = block_tensors[id(block)] = torch.as_tensor(list(block), dtype=torch.int64)
             if not 0 <= k <= c <= prompt.numel():
-                raise ValueError(f"row {i}: need 0 <= insert_at ({k}) <= cut_from ({c}) <= prompt length ({prompt.numel()})")
+                raise ValueError(
+                    f"row {i}: need 0 <= insert_at ({k}) <= cut_from ({c}) <= prompt length ({prompt.numel()})"
+                )
             if max_prompt_length is not None:
                 excess = prompt.numel() + b.numel() - max_prompt_length
                 if excess > 0:
@@ -244,3 +250,47 @@ def build_teacher_rows(
         out.inserted_tokens.append(len(block))
         out.removed_context_tokens.append(removed)
     return out
+
+
+class TeacherBuilder:
+    """Turns (prompts, responses, privileged texts) into teacher rows in one call.
+
+    Each text is rendered once into a privileged block (:class:`PrivilegedBlocks`, cached), spliced
+    into its row's prompt ids at the configured placement, and the prompt is cut to
+    ``max_prompt_length`` if needed (:func:`build_teacher_rows`); rows whose text is empty keep
+    the student's prompt. The response ids are never changed.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer with a chat template.
+        header, role, placement: as in :class:`PrivilegedBlocks`.
+        max_prompt_length: token budget of a teacher prompt; None = no limit.
+    """
+
+    def __init__(self, tokenizer, *, header: str = "", role: str = "system", placement: str = "start",
+                 max_prompt_length: int | None = None):
+        self.blocks = PrivilegedBlocks(tokenizer, header=header, role=role, placement=placement)
+        self.max_prompt_length = max_prompt_length
+
+    def build(
+        self, prompts: Sequence[torch.Tensor], responses: Sequence[torch.Tensor], texts: Sequence[str]
+    ) -> TeacherRows:
+        blocks = [self.blocks(text) for text in texts]
+        insert_at, cut_from = [], []
+        for prompt, block in zip(prompts, blocks, strict=True):
+            if block:
+                ids = prompt.tolist()
+                k = self.blocks.insertion_index(ids)
+                insert_at.append(k)
+                cut_from.append(self.blocks.cut_index(ids, k))
+            else:
+                insert_at.append(0)
+                cut_from.append(0)
+        return build_teacher_rows(
+            prompts,
+            responses,
+            blocks,
+            insert_at,
+            cut_from=cut_from,
+            max_prompt_length=self.max_prompt_length,
+            keep_tail=self.blocks.tail_length,
+        )

@@ -1,6 +1,7 @@
 """Typed SDAR settings (the top-level ``sdar:`` key) and their validation.
 
-The YAML groups under ``verl_sdar/config/algorithm/`` set these; ``SDARConfig.from_config`` turns
+The YAML groups under ``verl_sdar/config/algorithm/`` set these (each method's own values; the
+shared ones come from ``verl_sdar/config/algorithm_base/``); ``SDARConfig.from_config`` turns
 the composed OmegaConf tree into the dataclasses below and fails with a message that names the
 offending key. It runs twice: in a Hydra ``on_job_start`` callback (before Ray starts) and in the
 SDAR trainer's constructor (for launches that bypass Hydra).
@@ -11,17 +12,17 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from .. import methods
+from ..names import PLACEMENTS, TRAINER_MODE
 from ..objectives import GATES
 
-PLACEMENTS = ("start", "before_last_user")  # same as verl_sdar.teacher.PLACEMENTS (kept torch-free here)
-
-OBJECTIVES = ("none", "sdar", "opsd", "rlsd", "skill_sd")
-TRAINER_MODE = "sdar"
+OBJECTIVES = tuple(methods.OBJECTIVES)
+TURN_ROW_GRPO = "turn_row_grpo"  # the advantage estimator verl_sdar.advantages registers with verl
 
 
 class SDARConfigError(ValueError):
@@ -62,25 +63,11 @@ class SkillsConfig:
         ucb_c: exploration constant of ``ucb``.
     """
 
-    library: Optional[str] = None
+    library: str | None = None
     strategy: str = "task_type"
     task_type_key: str = "task_type"
     seed: int = 0
     ucb_c: float = 1.4142135623730951
-
-
-@dataclass(frozen=True)
-class MultiTurnConfig:
-    """Advantages for agent loops that return one training row per turn (verl-agent convention).
-
-    Attributes:
-        turn_row_grpo: GRPO statistics over *all* turn rows of a group (the rollouts of one task),
-            each row scored ``episode reward - its own invalid-action penalty``
-            (``extra_fields["invalid_action_penalty"]``, written by the agent loop). Off: verl's
-            stock V1 GRPO (each session's final row, advantage copied to its turns, no penalty).
-    """
-
-    turn_row_grpo: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,11 +76,11 @@ class TeacherConfig:
 
     Attributes:
         max_prompt_length: token budget of a teacher prompt (student prompt + privileged block);
-            None = no limit. Over budget, the oldest context after the block is removed (never the
+            null = no limit. Over budget, the oldest context after the block is removed (never the
             block, never the response) and the row is counted in ``sdar/teacher_rows_truncated``.
     """
 
-    max_prompt_length: Optional[int] = None
+    max_prompt_length: int | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +123,7 @@ class SDARConfig:
         beta: gate sharpness (paper: 5.0; 0 gives a constant gate 0.5).
         gate: ``gap`` | ``entropy`` | ``soft_or`` | ``constant``.
         privileged: where the teacher's privileged text comes from and how it is inserted.
+        skills: skill retrieval, with ``privileged.source=skills``.
         teacher: teacher pass settings (prompt budget).
         rlsd: RLSD settings (used only with ``objective=rlsd``).
     """
@@ -147,7 +135,6 @@ class SDARConfig:
     privileged: PrivilegedConfig = field(default_factory=PrivilegedConfig)
     skills: SkillsConfig = field(default_factory=SkillsConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    multi_turn: MultiTurnConfig = field(default_factory=MultiTurnConfig)
     rlsd: RLSDConfig = field(default_factory=RLSDConfig)
 
     def __post_init__(self) -> None:
@@ -183,7 +170,8 @@ class SDARConfig:
             )
         if self.privileged.placement not in PLACEMENTS:
             raise SDARConfigError(
-                f"sdar.privileged.placement: unknown placement {self.privileged.placement!r}; expected one of {PLACEMENTS}"
+                f"sdar.privileged.placement: unknown placement {self.privileged.placement!r}; "
+                f"expected one of {PLACEMENTS}"
             )
         if self.privileged.role not in ("system", "user"):
             raise SDARConfigError(f"sdar.privileged.role must be 'system' or 'user', got {self.privileged.role!r}")
@@ -198,14 +186,19 @@ class SDARConfig:
             raise SDARConfigError(f"sdar.rlsd.decay_steps must be >= 0, got {self.rlsd.decay_steps!r}")
 
     @property
+    def objective_spec(self) -> methods.Objective:
+        """The registry entry of ``objective`` (``verl_sdar.methods``)."""
+        return methods.objective_of(self)
+
+    @property
     def needs_teacher(self) -> bool:
         """Whether a teacher log-prob pass runs each step."""
-        return self.objective != "none"
+        return self.objective_spec.needs_teacher
 
     @property
     def adds_loss_term(self) -> bool:
         """Whether the actor loss gets an extra term (otherwise verl's PPO loss is used as is)."""
-        return self.objective in ("sdar", "opsd", "skill_sd")
+        return self.objective_spec.loss_term is not None
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> SDARConfig:
@@ -215,12 +208,16 @@ class SDARConfig:
             "privileged": PrivilegedConfig,
             "skills": SkillsConfig,
             "teacher": TeacherConfig,
-            "multi_turn": MultiTurnConfig,
             "rlsd": RLSDConfig,
         }
         kwargs: dict[str, Any] = {}
         known = {f.name for f in dataclasses.fields(cls)}
         for key, value in raw.items():
+            if key == "multi_turn":
+                raise SDARConfigError(
+                    "sdar.multi_turn.turn_row_grpo was replaced by verl's own key: "
+                    f"algorithm.adv_estimator={TURN_ROW_GRPO} (registered by verl-sdar)"
+                )
             if key not in known:
                 raise SDARConfigError(f"sdar.{key}: unknown key; known keys are {sorted(known)}")
             if key in sub:
@@ -234,7 +231,7 @@ class SDARConfig:
         return cls(**kwargs)
 
     @classmethod
-    def from_config(cls, config: DictConfig) -> Optional[SDARConfig]:
+    def from_config(cls, config: DictConfig) -> SDARConfig | None:
         """Validate a composed main_ppo config; return the SDAR settings, or None when SDAR is off.
 
         Checks both directions: ``sdar:`` present but another trainer selected, and the SDAR
@@ -262,11 +259,6 @@ class SDARConfig:
                 SkillLibrary.load(sdar.skills.library)  # a bad library fails here, naming the file
             except SkillLibraryError as exc:
                 raise SDARConfigError(f"sdar.skills.library: {exc}") from exc
-        if sdar.multi_turn.turn_row_grpo:
-            if OmegaConf.select(config, "algorithm.adv_estimator") != "grpo":
-                raise SDARConfigError("sdar.multi_turn.turn_row_grpo needs algorithm.adv_estimator=grpo")
-            if OmegaConf.select(config, "algorithm.use_kl_in_reward", default=False):
-                raise SDARConfigError("sdar.multi_turn.turn_row_grpo does not support algorithm.use_kl_in_reward")
         if not OmegaConf.select(config, "trainer.use_v1", default=True):
             raise SDARConfigError("trainer.use_v1: the SDAR trainer is a V1 trainer; set trainer.use_v1=true")
         return sdar

@@ -10,8 +10,9 @@ one line after ``_self_``::
 and a ``hydra.callbacks`` entry that fills in the CPU settings when ``trainer.device=cpu``
 (``verl_sdar.cpu.defaults.CPUDefaultsCallback``; it changes nothing on other devices).
 ``optional ... null`` selects nothing and ``hydra.*`` is not part of the job's config, so without
-``algorithm=...`` the composed config is exactly stock verl's. The copy is regenerated whenever the installed file changes (its hash is in the
-folder name); nothing of verl is stored in this repository.
+``algorithm=...`` the composed config is exactly stock verl's. The copy is regenerated whenever
+the installed file changes (its hash is in the folder name); nothing of verl is stored in this
+repository.
 """
 
 from __future__ import annotations

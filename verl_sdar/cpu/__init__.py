@@ -1,6 +1,7 @@
 """CPU support for verl 0.9.1: run ``verl.trainer.main_ppo`` on a machine without an accelerator.
 
-Importing this package (the work is in :mod:`.registration`) registers, in this order:
+Importing this package (the work is in :mod:`.registration`) registers, in this order (2. and 3.
+only in a process whose verl platform is the CPU one: elsewhere verl runs unpatched):
 
 1. the ``cpu`` platform in verl's ``PlatformRegistry`` (:mod:`.platform`). verl resolves its platform
    once per process, the first time some module asks (importing e.g.
@@ -12,7 +13,8 @@ Importing this package (the work is in :mod:`.registration`) registers, in this 
 4. the transformers rollout backend as ``actor_rollout_ref.rollout.name=hf`` (:mod:`.hf_rollout`,
    imported by verl only when a run selects it).
 
-On a machine with a CUDA device verl still picks its ``nvidia`` platform and the rest stays unused.
+On a machine with a CUDA device verl still picks its ``nvidia`` platform: then only 1. and 4. are in
+place, and neither changes what verl does there.
 :func:`missing_registrations` reports what did not take effect (verl logs plugin import errors at
 debug level only). :func:`.defaults.apply_cpu_defaults` fills in a ``main_ppo`` config for CPU.
 """
@@ -23,7 +25,9 @@ debug level only). :func:`.defaults.apply_cpu_defaults` fills in a ``main_ppo`` 
 # ``.registration`` un-started and runs it to completion, ahead of anything that resolves the platform.
 import verl  # noqa: F401  isort: skip
 
+from verl_sdar.names import PLATFORM_NAME, ROLLOUT_NAME
+
 from .platform import PlatformCPU
-from .registration import PLATFORM_NAME, ROLLOUT_NAME, missing_registrations
+from .registration import missing_registrations
 
 __all__ = ["PLATFORM_NAME", "ROLLOUT_NAME", "PlatformCPU", "missing_registrations"]

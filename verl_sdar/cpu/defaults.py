@@ -22,7 +22,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from .registration import ROLLOUT_NAME
+from verl_sdar.names import ROLLOUT_NAME
 
 RAY_LOGICAL_CPUS = 32
 """Logical CPUs declared to Ray: verl's TransferQueue, agent-loop and reward actors each reserve one,

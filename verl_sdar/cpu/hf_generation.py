@@ -178,9 +178,16 @@ def _filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch
 
 
 def sample_next_tokens(
-    logits: torch.Tensor, spec: SamplingSpec, seen: torch.Tensor | None = None
+    logits: torch.Tensor,
+    spec: SamplingSpec,
+    seen: torch.Tensor | None = None,
+    generators: list[torch.Generator] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pick one token per row of ``logits`` ``[batch, vocab]``; return ``(tokens, log_probs)``."""
+    """Pick one token per row of ``logits`` ``[batch, vocab]``; return ``(tokens, log_probs)``.
+
+    With ``generators`` (one per row) each row samples from its own random stream, so a row's
+    tokens do not depend on which other requests share its batch or in which order they came.
+    """
     logits = logits.float()
     if spec.repetition_penalty != 1.0 and seen is not None:
         logits = _apply_repetition_penalty(logits, seen, spec.repetition_penalty)
@@ -190,7 +197,15 @@ def sample_next_tokens(
     else:
         logits = _filter_top_k_top_p(logits / spec.temperature, spec.top_k, spec.top_p)
         log_probs = torch.log_softmax(logits, dim=-1)
-        tokens = torch.multinomial(log_probs.exp(), num_samples=1).squeeze(-1)
+        probs = log_probs.exp()
+        if generators is None:
+            tokens = torch.multinomial(probs, num_samples=1).squeeze(-1)
+        else:
+            if len(generators) != probs.shape[0]:
+                raise ValueError(f"{len(generators)} generators for {probs.shape[0]} rows")
+            tokens = torch.cat(
+                [torch.multinomial(row, 1, generator=g) for row, g in zip(probs, generators, strict=True)]
+            )
     return tokens, log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
@@ -225,8 +240,12 @@ class HFGenerator:
         prompts: list[list[int]],
         specs: list[SamplingSpec],
         should_abort: Callable[[], bool] | None = None,
+        seeds: list[int] | None = None,
     ) -> list[GenerationResult]:
         """Decode ``prompts`` as one batch; all ``specs`` must share :attr:`SamplingSpec.batch_key`.
+
+        ``seeds`` (one per prompt): each row samples from its own generator seeded so, which makes
+        its tokens independent of the batch it shares (up to float noise of the batched forward).
 
         ``should_abort`` is polled before each decoding step; once it returns True the unfinished
         rows are returned with what they have so far and ``finish_reason == "abort"``.
@@ -252,6 +271,11 @@ class HFGenerator:
             seen = torch.zeros((batch, self.vocab_size), dtype=torch.bool, device=self.device)
             seen.scatter_(1, input_ids, attention_mask.bool())
 
+        generators = None
+        if seeds is not None:
+            if len(seeds) != batch:
+                raise ValueError(f"{len(seeds)} seeds for {batch} prompts")
+            generators = [torch.Generator(device=self.device).manual_seed(int(seed)) for seed in seeds]
         tokens: list[list[int]] = [[] for _ in range(batch)]
         log_probs: list[list[float]] = [[] for _ in range(batch)]
         finish: list[FinishReason | None] = [None] * batch
@@ -267,7 +291,7 @@ class HFGenerator:
             if should_abort is not None and should_abort():
                 finish = [reason or "abort" for reason in finish]
                 break
-            next_tokens, next_log_probs = sample_next_tokens(out.logits[:, -1, :], spec, seen)
+            next_tokens, next_log_probs = sample_next_tokens(out.logits[:, -1, :], spec, seen, generators)
             for row, (token, log_prob) in enumerate(zip(next_tokens.tolist(), next_log_probs.tolist(), strict=True)):
                 if finish[row] is not None:
                     continue

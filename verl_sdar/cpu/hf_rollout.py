@@ -20,6 +20,7 @@ Text only: multimodal inputs raise ``NotImplementedError``. LoRA is supported on
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import threading
 from collections.abc import AsyncIterable, Iterable
@@ -39,8 +40,9 @@ from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 from verl.workers.rollout.utils import ensure_async_iterator, get_max_position_embeddings
 
+from verl_sdar.names import ROLLOUT_NAME
+
 from .hf_generation import GenerationResult, HFGenerator, SamplingSpec, parse_sampling_params
-from .registration import ROLLOUT_NAME
 
 BATCH_WINDOW_S = 0.005
 """How long the server waits for concurrent requests before decoding a batch."""
@@ -70,6 +72,21 @@ class _Request:
     prompt_ids: list[int]
     spec: SamplingSpec
     future: asyncio.Future[GenerationResult] = field(repr=False)
+    seed: int = 0
+
+
+def request_seed(base_seed: int, global_steps: int | None, prompt_ids: list[int], occurrence: int) -> int:
+    """A request's sampling seed: a hash of the rollout seed, the weights version, the prompt ids,
+    and how many requests for the same prompt came before it at this weights version.
+
+    The k-th sample of a prompt is then the same in every run, whatever the arrival order or the
+    batch it is decoded in (a GRPO group's n identical prompts get k = 0..n-1), and a resumed run
+    draws what the uninterrupted one drew at the same step.
+    """
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(f"{base_seed}|{global_steps}|{occurrence}|".encode())
+    digest.update(b",".join(str(t).encode() for t in prompt_ids))
+    return int.from_bytes(digest.digest(), "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
 class HFRolloutServer:
@@ -107,6 +124,8 @@ class HFRolloutServer:
 
         self.global_steps: int | None = None
         """Model weights version, set at each weight sync."""
+        self._occurrences: dict[tuple[int, ...], int] = {}
+        """Requests per prompt at the current weights version (for :func:`request_seed`)."""
         self._warned_keys: set[str] = set()
         self._queue: list[_Request] = []
         self._worker: asyncio.Task[None] | None = None
@@ -158,7 +177,11 @@ class HFRolloutServer:
         future: asyncio.Future[GenerationResult] = asyncio.get_running_loop().create_future()
         self._outstanding.add(future)
         future.add_done_callback(self._outstanding.discard)
-        self._queue.append(_Request(prompt_ids, spec, future))
+        key = tuple(prompt_ids)
+        occurrence = self._occurrences.get(key, 0)
+        self._occurrences[key] = occurrence + 1
+        seed = request_seed(self.config.seed + self.replica_rank, self.global_steps, prompt_ids, occurrence)
+        self._queue.append(_Request(prompt_ids, spec, future, seed))
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._decode_queue())
         return self._to_token_output(await future)
@@ -183,6 +206,7 @@ class HFRolloutServer:
                                 [r.prompt_ids for r in group],
                                 [r.spec for r in group],
                                 self._abort.is_set,
+                                [r.seed for r in group],
                             )
                     except Exception as exc:  # hand the error to every waiting caller
                         for request in group:
@@ -234,9 +258,14 @@ class HFRolloutServer:
         async with model_lock:
             self.engine.finish_weight_update()
         if global_steps is not None:
-            self.global_steps = global_steps
+            self._set_version(global_steps)
 
     async def set_global_steps(self, global_steps: int) -> None:
+        self._set_version(global_steps)
+
+    def _set_version(self, global_steps: int) -> None:
+        if global_steps != self.global_steps:
+            self._occurrences.clear()
         self.global_steps = global_steps
 
     # ------------------------------------------------------------------ no-ops on CPU

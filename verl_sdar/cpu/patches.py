@@ -16,6 +16,9 @@ misbehaving at run time.
 3. :func:`register_rollout_adapter`: verl maps ``(rollout name, mode)`` to the in-worker rollout
    adapter class through the private dict ``verl.workers.rollout.base._ROLLOUT_REGISTRY``; there is
    no public registration function for it (the replica side has ``RolloutReplicaRegistry``).
+
+:mod:`.registration` applies patches 1 and 2 only in a process whose verl platform is the CPU one;
+:func:`is_patched` tells one of these replacements (function or class) from verl's own.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ def _require_function(module: ModuleType, name: str, parameters: tuple[str, ...]
 
 
 def is_patched(func: Any) -> bool:
-    """Whether ``func`` is one of this module's wrappers."""
+    """Whether ``func`` (a function or class) is one of this module's replacements."""
     return getattr(func, _PATCH_MARKER, False)
 
 
@@ -113,6 +116,8 @@ def _fsdp_engine_module() -> ModuleType:
 @dataclass
 class CPUOffloadPolicyUnpinnedOnCPU(CPUOffloadPolicy):
     """torch's ``CPUOffloadPolicy``, without pinned memory when verl's device is ``cpu``."""
+
+    __verl_sdar_patch__ = True  # _PATCH_MARKER (a plain class attribute, not a dataclass field)
 
     def __post_init__(self) -> None:
         from verl.utils.device import get_device_name

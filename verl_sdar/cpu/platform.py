@@ -5,8 +5,9 @@ module asks for it, and falls back to ``nvidia`` when nothing else matches. On a
 accelerator this platform is picked instead, so verl's device-agnostic code paths (FSDP2 on gloo,
 device meshes, RNG handling, memory logging) run on the CPU.
 
-This module must stay light: it imports only torch and ``verl.plugin.platform``, because it has to be
-registered before any verl module that resolves the platform at import time is loaded.
+This module must stay light: it imports only torch, ``verl.plugin.platform`` and :mod:`verl_sdar.names`,
+because it has to be registered before any verl module that resolves the platform at import time is
+loaded.
 
 Ray sees the CPU "device" as a GPU resource: verl's resource-pool checks only count ``GPU``/``NPU``,
 so a CPU run tells Ray it has fake GPUs (``ray_init.num_gpus``), one per training worker.
@@ -23,7 +24,7 @@ import torch
 from verl.plugin.platform.platform_base import PlatformBase
 from verl.plugin.platform.platform_manager import PlatformRegistry
 
-PLATFORM_NAME = "cpu"
+from verl_sdar.names import PLATFORM_NAME
 
 
 def _system_memory() -> tuple[int, int]:

@@ -1,9 +1,15 @@
-"""Helpers shared by the agent loops of ``verl_sdar.envs`` (config values, env settings)."""
+"""Helpers shared by the agent loops of ``verl_sdar.envs`` (config values, env settings, per-process
+caches of expensive env resources)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import functools
+import inspect
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def plain(value: Any) -> Any:
@@ -38,3 +44,30 @@ def env_settings(defaults: Mapping[str, Any], trainer_config: Any, overrides: Ma
             settings[key] = env_cfg[key]
     settings.update(overrides)
     return settings
+
+
+def locked_cache(build: Callable[..., T]) -> Callable[..., T]:
+    """Decorator: one ``build(...)`` result per distinct arguments per process, built under a lock.
+
+    For resources every agent loop of a worker shares and that are expensive to build (a BM25
+    index, a product catalogue): agent loops are constructed concurrently, and each resource must be
+    built once. The lock is held while building (a second caller waits for the first build). Calls
+    naming the same arguments positionally or by keyword share one entry. The cache is the wrapper's
+    ``cache`` attribute (a dict keyed by the bound arguments).
+    """
+    signature = inspect.signature(build)
+    cache: dict[tuple, T] = {}
+    lock = threading.Lock()
+
+    @functools.wraps(build)
+    def cached(*args: Any, **kwargs: Any) -> T:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        key = tuple(bound.arguments.items())
+        with lock:
+            if key not in cache:
+                cache[key] = build(*args, **kwargs)
+            return cache[key]
+
+    cached.cache = cache  # type: ignore[attr-defined]
+    return cached

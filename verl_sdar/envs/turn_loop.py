@@ -14,7 +14,7 @@ verl's reward loop scores the last turn and copies that score to every earlier t
 0.9.1's worker overwrites the earlier rows' score with the final one, so the per-turn
 invalid-action penalty cannot ride on the reward score; it is stored per row in
 ``extra_fields["invalid_action_penalty"]`` (coefficient ``env.invalid_action_penalty_coef``) for the
-turn-row GRPO step (``sdar.multi_turn.turn_row_grpo``) to subtract.
+trainer to subtract (:mod:`verl_sdar.advantages`). Field names: :mod:`verl_sdar.envs.contract`.
 
 Env calls run in a worker thread (``asyncio`` is never blocked); an env error or timeout ends
 the episode as failed, logs the reason and is recorded in ``extra_fields["env_error"]``.
@@ -31,10 +31,28 @@ import time
 from typing import Any
 from uuid import uuid4
 
-from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput
+from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 from verl.utils.profiler import simple_timer
 
-from verl_sdar.envs.common import env_settings, plain
+from verl_sdar.envs.common import plain
+from verl_sdar.envs.contract import (
+    ACTION,
+    ENV_ERROR,
+    ENV_SECONDS,
+    EPISODE_ERROR,
+    EPISODE_SECONDS,
+    EPISODE_STEPS,
+    INVALID_ACTION_PENALTY,
+    INVALID_REASON,
+    NUM_TURNS_TOTAL,
+    REWARD_EXTRA_INFO,
+    TASK_TYPE,
+    TURN,
+    VALID,
+    VALID_ACTION,
+    WON,
+)
+from verl_sdar.envs.loop_base import EnvAgentLoop
 from verl_sdar.envs.turn_prompts import project_action
 
 logger = logging.getLogger(__name__)
@@ -78,33 +96,24 @@ async def call_env(fn, *args, timeout: float | None = None):
     future = asyncio.get_running_loop().run_in_executor(executor, fn, *args)
     try:
         return await asyncio.wait_for(future, timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         _abandon_executor(executor)
         raise TimeoutError(f"{getattr(fn, '__name__', fn)} took more than {timeout}s") from None
 
 
-class TurnRowAgentLoop(AgentLoopBase):
+class TurnRowAgentLoop(EnvAgentLoop):
     """Plays one episode of a text environment; returns one :class:`AgentLoopOutput` per turn.
 
     Subclasses set ``ENV_NAME`` and ``DEFAULTS`` (``TURN_DEFAULTS`` plus their own keys) and
-    implement the hooks below.
+    implement the hooks below. Settings and the invalid-action penalty: :class:`EnvAgentLoop`.
     """
 
     ENV_NAME = "env"
     DEFAULTS: dict[str, Any] = TURN_DEFAULTS
 
     def __init__(self, *args, **kwargs):
-        overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in self.DEFAULTS}
-        kwargs.pop("name", None)
         super().__init__(*args, **kwargs)
-        self.settings = env_settings(self.DEFAULTS, self.config, overrides)
-        self.max_steps = int(self.settings["max_steps"])
-        self.history_length = int(self.settings["history_length"])
-        self.penalty = (
-            float(self.settings["invalid_action_penalty_coef"]) if self.settings["use_invalid_action_penalty"] else 0.0
-        )
         self.prompt_length = self.rollout_config.prompt_length
-        self.response_length = self.rollout_config.response_length
 
     # ------------------------------------------------------------------ hooks
     def open_env(self) -> Any:
@@ -199,7 +208,7 @@ class TurnRowAgentLoop(AgentLoopBase):
                 if turn + 1 >= self.max_steps:
                     done = True
                 valid, reason = projection.valid, projection.reason
-                if step_error is None and last_info.get("valid_action") is False:
+                if step_error is None and last_info.get(VALID_ACTION) is False:
                     # well formatted, but the env refused it (not admissible here)
                     valid, reason = False, ",".join(r for r in (reason, "inadmissible_action") if r)
 
@@ -216,13 +225,13 @@ class TurnRowAgentLoop(AgentLoopBase):
                             # server fields first (min/max_global_steps: weight versions used)
                             **dict(generated.extra_fields or {}),
                             **base,
-                            "turn": turn,
-                            "action": projection.action,
-                            "valid": valid,
-                            "invalid_reason": reason,
-                            "invalid_action_penalty": 0.0 if valid else self.penalty,
-                            "won": won,  # updated on every row below once the episode ends
-                            "env_error": step_error or "",
+                            TURN: turn,
+                            ACTION: projection.action,
+                            VALID: valid,
+                            INVALID_REASON: reason,
+                            INVALID_ACTION_PENALTY: 0.0 if valid else self.penalty,
+                            WON: won,  # updated on every row below once the episode ends
+                            ENV_ERROR: step_error or "",
                         },
                     )
                 )
@@ -240,29 +249,29 @@ class TurnRowAgentLoop(AgentLoopBase):
         final = self.episode_fields(last_info) if error is None else self.episode_fields({})
         for out in outputs:
             out.extra_fields.update(
-                won=won,
-                episode_steps=len(outputs),
-                episode_error=error or "",
-                env_seconds=env_time,
-                episode_seconds=episode_s,
-                num_turns_total=len(outputs),
-                reward_extra_info={},
-                **final,
+                {
+                    WON: won,
+                    EPISODE_STEPS: len(outputs),
+                    EPISODE_ERROR: error or "",
+                    ENV_SECONDS: env_time,
+                    EPISODE_SECONDS: episode_s,
+                    NUM_TURNS_TOTAL: len(outputs),
+                    REWARD_EXTRA_INFO: {},
+                    **final,
+                }
             )
         return outputs
 
     def row_fields(self, extra_info: dict) -> dict[str, Any]:
         """Fields of the dataset row repeated on every turn row (``task_type`` at least)."""
-        return {"task_type": extra_info.get("task_type")}
+        return {TASK_TYPE: extra_info.get(TASK_TYPE)}
 
     async def _failed_reset_output(self, error: str, base: dict, global_steps: Any = None) -> AgentLoopOutput:
         """A single zero-weight row for an episode whose task could not be loaded."""
         prompt_ids = await self._render(f"The {self.ENV_NAME} task could not be loaded ({error}).")
-        eos = self.tokenizer.eos_token_id
-        eos = eos[0] if isinstance(eos, list) else eos
         return AgentLoopOutput(
             prompt_ids=prompt_ids,
-            response_ids=[eos if eos is not None else 0],
+            response_ids=[self.filler_token_id()],
             response_mask=[0],
             response_logprobs=[0.0] if getattr(self.rollout_config, "calculate_log_probs", False) else None,
             num_turns=2,
@@ -272,19 +281,19 @@ class TurnRowAgentLoop(AgentLoopBase):
                 "min_global_steps": global_steps,
                 "max_global_steps": global_steps,
                 **base,
-                "turn": 0,
-                "action": "",
-                "valid": False,
-                "invalid_reason": "env_error",
-                "invalid_action_penalty": 0.0,
-                "won": False,
-                "env_error": error,
-                "episode_steps": 0,
-                "episode_error": error,
-                "env_seconds": 0.0,
-                "episode_seconds": 0.0,
-                "num_turns_total": 1,
-                "reward_extra_info": {},
+                TURN: 0,
+                ACTION: "",
+                VALID: False,
+                INVALID_REASON: "env_error",
+                INVALID_ACTION_PENALTY: 0.0,
+                WON: False,
+                ENV_ERROR: error,
+                EPISODE_STEPS: 0,
+                EPISODE_ERROR: error,
+                ENV_SECONDS: 0.0,
+                EPISODE_SECONDS: 0.0,
+                NUM_TURNS_TOTAL: 1,
+                REWARD_EXTRA_INFO: {},
                 **self.episode_fields({}),
             },
         )

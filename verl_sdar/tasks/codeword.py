@@ -17,6 +17,8 @@ import argparse
 import random
 from pathlib import Path
 
+from verl_sdar.envs.contract import dataset_row
+
 DATA_SOURCE = "verl_sdar/codeword"
 WORDS = {
     "color": ["red", "green", "blue", "yellow", "black", "white"],
@@ -34,23 +36,16 @@ def make_rows(n: int, seed: int, split: str) -> list[dict]:
         word = rng.choice(WORDS[task_type])
         options = ", ".join(WORDS[task_type])
         rows.append(
-            {
-                "data_source": DATA_SOURCE,
-                "prompt": [
-                    {
-                        "role": "user",
-                        "content": f"Reply with the secret code word, one {task_type} out of: {options}.",
-                    }
-                ],
-                "ability": "recall",
-                "reward_model": {"style": "rule", "ground_truth": word},
-                "extra_info": {
-                    "index": index,
-                    "split": split,
-                    "task_type": task_type,
-                    "privileged": f"The secret code word is {word}.",
-                },
-            }
+            dataset_row(
+                data_source=DATA_SOURCE,
+                prompt=f"Reply with the secret code word, one {task_type} out of: {options}.",
+                ability="recall",
+                ground_truth=word,
+                index=index,
+                split=split,
+                task_type=task_type,
+                privileged=f"The secret code word is {word}.",
+            )
         )
     return rows
 

@@ -21,6 +21,7 @@ from typing import Any
 from verl.experimental.agent_loop.agent_loop import register
 
 from verl_sdar.envs.alfworld.prompts import build_prompt
+from verl_sdar.envs.contract import GAME_PATH, TASK_TYPE, WON
 from verl_sdar.envs.turn_loop import TURN_DEFAULTS, TurnRowAgentLoop, call_env  # noqa: F401  (call_env: tests)
 
 AGENT_NAME = "alfworld"
@@ -46,12 +47,12 @@ class AlfworldAgentLoop(TurnRowAgentLoop):
         return make_env(self.max_steps)
 
     def row_fields(self, extra_info: dict) -> dict[str, Any]:
-        return {"task_type": extra_info.get("task_type"), "game_path": extra_info.get("game_path")}
+        return {TASK_TYPE: extra_info.get(TASK_TYPE), GAME_PATH: extra_info.get(GAME_PATH)}
 
     def reset(self, env, extra_info: dict) -> tuple[str, str, list[str]]:
         from verl_sdar.envs.alfworld.play import strip_welcome
 
-        game_path = extra_info.get("game_path")
+        game_path = extra_info.get(GAME_PATH)
         if not game_path:
             raise ValueError("row has no extra_info.game_path")
         obs, info = env.reset(game_path)
@@ -59,7 +60,7 @@ class AlfworldAgentLoop(TurnRowAgentLoop):
 
     def step(self, env, action: str):
         next_obs, _reward, done, info = env.step(action)
-        return next_obs, done, bool(info.get("won", False)), info["admissible_commands"], info
+        return next_obs, done, bool(info.get(WON, False)), info["admissible_commands"], info
 
     def prompt(self, task, observation, admissible, history) -> str:
         return build_prompt(task, observation, admissible, history, self.history_length)

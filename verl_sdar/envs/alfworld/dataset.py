@@ -17,42 +17,38 @@ text ``sdar.privileged.source=column`` gives the teacher; see :mod:`.privileged`
 from __future__ import annotations
 
 import argparse
-import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+
+from verl_sdar.envs.alfworld.play import task_type_of  # defined next to find_games; still importable here
+from verl_sdar.envs.contract import GAME_PATH, dataset_row
 
 DATA_SOURCE = "alfworld"
 AGENT_NAME = "alfworld"
 PLACEHOLDER = "Play the ALFWorld game given in extra_info; the agent loop builds the prompts."
 
 
-def task_type_of(game_path: str) -> str:
-    with open(os.path.join(os.path.dirname(game_path), "traj_data.json")) as f:
-        return json.load(f)["task_type"]
-
-
-def make_rows(games: list[str], split: str, repeat: int = 1, privileged: Callable[[str], str] | None = None) -> list[dict]:
+def make_rows(games: list[str], split: str, repeat: int = 1,
+              privileged: Callable[[str], str] | None = None) -> list[dict]:
     """One row per game (``repeat`` times); ``privileged`` maps a game path to ``extra_info["privileged"]``."""
     rows = []
-    for r in range(repeat):
+    for _ in range(repeat):
         for game in games:
             game = os.path.abspath(game)
             rows.append(
-                {
-                    "data_source": DATA_SOURCE,
-                    "agent_name": AGENT_NAME,
-                    "prompt": [{"role": "user", "content": PLACEHOLDER}],
-                    "ability": "agent",
-                    "reward_model": {"style": "rule", "ground_truth": ""},
-                    "extra_info": {
-                        "index": len(rows),
-                        "split": split,
-                        "game_path": game,
-                        "task_type": task_type_of(game),
-                        "privileged": privileged(game) if privileged else "",
-                    },
-                }
+                dataset_row(
+                    data_source=DATA_SOURCE,
+                    agent_name=AGENT_NAME,
+                    prompt=PLACEHOLDER,
+                    ability="agent",
+                    ground_truth="",
+                    index=len(rows),
+                    split=split,
+                    fields={GAME_PATH: game},
+                    task_type=task_type_of(game),
+                    privileged=privileged(game) if privileged else "",
+                )
             )
     return rows
 
@@ -68,7 +64,8 @@ def build(root: str | Path, out_dir: str | Path, train_split: str = "train", val
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     counts = {}
-    for name, split, limit, repeat in (("train", train_split, limit_train, repeat_train), ("val", val_split, limit_val, 1)):
+    splits = (("train", train_split, limit_train, repeat_train), ("val", val_split, limit_val, 1))
+    for name, split, limit, repeat in splits:
         games = find_games(split_dir(split, root))
         if limit:
             games = games[:limit]
@@ -96,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
 
     counts = build(a.root, a.out_dir, a.train_split, a.val_split, a.limit_train, a.limit_val, a.repeat_train,
                    privileged_text(a.privileged))
-    print(f"wrote {a.out_dir}/train.parquet ({counts['train']} rows) and {a.out_dir}/val.parquet ({counts['val']} rows)")
+    print(f"wrote {a.out_dir}/train.parquet ({counts['train']} rows) and "
+          f"{a.out_dir}/val.parquet ({counts['val']} rows)")
     return 0
 
 

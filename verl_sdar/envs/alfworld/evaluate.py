@@ -3,8 +3,9 @@
 Games are played in lockstep: each turn the prompts of all unfinished games (the ``alfworld`` agent
 loop's prompts, same history window) are decoded as one batch by
 :class:`verl_sdar.cpu.hf_generation.HFGenerator`, projected to commands and stepped. With
-``privileged`` (a function game path -> text, :func:`.privileged.privileged_text`), each prompt is
-preceded by the privileged system block the SDAR teacher would see (header + text) -- that is how
+``privileged`` (a function game path -> text, :func:`.privileged.privileged_text`), each prompt gets
+the privileged block the SDAR teacher would see (header + text, rendered and placed by the
+teacher's :class:`verl_sdar.teacher.PrivilegedBlocks`: :func:`.expert_sft.chat_ids`) -- that is how
 the policy does *with* the privileged context in its own prompt.
 
     python -m verl_sdar.envs.alfworld.evaluate MODEL_DIR GAMES_ROOT [--split valid_seen] [--max-steps 20]
@@ -16,11 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
-from verl_sdar.envs.alfworld.expert_sft import DEFAULT_HEADER
+from verl_sdar.envs.alfworld.expert_sft import DEFAULT_HEADER, chat_ids, privileged_message, teacher_blocks
 from verl_sdar.envs.alfworld.prompts import build_prompt, project_action
+from verl_sdar.envs.contract import WON
 
 
 @dataclass
@@ -40,13 +42,13 @@ def evaluate(model_dir: str, games: list[str], max_steps: int = 20, history_leng
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from verl_sdar.cpu.hf_generation import HFGenerator, SamplingSpec
-    from verl_sdar.envs.alfworld.dataset import task_type_of
-    from verl_sdar.envs.alfworld.play import AlfworldEnv, strip_welcome
+    from verl_sdar.envs.alfworld.play import AlfworldEnv, strip_welcome, task_type_of
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
     generator = HFGenerator(model, [tokenizer.eos_token_id], tokenizer.pad_token_id)
+    blocks = teacher_blocks(tokenizer) if privileged else None
     spec = SamplingSpec(temperature=temperature, top_p=1.0, top_k=-1, repetition_penalty=1.0,
                         max_tokens=max_new_tokens, logprobs=False, prompt_logprobs=None, ignore_eos=False,
                         stop_token_ids=())
@@ -55,10 +57,11 @@ def evaluate(model_dir: str, games: list[str], max_steps: int = 20, history_leng
         env = AlfworldEnv(max_steps=max_steps)
         obs, info = env.reset(game)
         task_type = task_type_of(game)
-        system = header + privileged(game) if privileged else None
+        system = privileged_message(privileged(game), header) if privileged else None
         envs.append(env)
-        state.append({"obs": strip_welcome(obs), "task": info.get("task", ""), "admissible": info["admissible_commands"],
-                      "history": [], "done": False, "result": GameResult(game, task_type, False, 0, 0), "system": system})
+        state.append({"obs": strip_welcome(obs), "task": info.get("task", ""),
+                      "admissible": info["admissible_commands"], "history": [], "done": False,
+                      "result": GameResult(game, task_type, False, 0, 0), "system": system})
     try:
         for _ in range(max_steps):
             active = [i for i, s in enumerate(state) if not s["done"]]
@@ -70,18 +73,18 @@ def evaluate(model_dir: str, games: list[str], max_steps: int = 20, history_leng
                 messages = [{"role": "user", "content": build_prompt(s["task"], s["obs"], s["admissible"], s["history"],
                                                                       history_length)}]
                 if s["system"]:
-                    messages.insert(0, {"role": "system", "content": s["system"]})
-                prompts.append(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                           return_dict=False))
+                    messages.insert(0, s["system"])
+                prompts.append(chat_ids(tokenizer, messages, blocks if s["system"] else None,
+                                        add_generation_prompt=True))
             outputs = generator.generate([list(p) for p in prompts], [spec] * len(prompts))
-            for i, out in zip(active, outputs):
+            for i, out in zip(active, outputs, strict=True):
                 s, r = state[i], state[i]["result"]
                 projection = project_action(tokenizer.decode(out.token_ids, skip_special_tokens=True))
                 obs, _, done, info = envs[i].step(projection.action)
                 r.steps += 1
                 r.invalid += int(not projection.valid)
                 r.actions.append(projection.action)
-                r.won = bool(info.get("won", False))
+                r.won = bool(info.get(WON, False))
                 s["history"].append((s["obs"], projection.action))
                 s["obs"], s["admissible"], s["done"] = obs, info["admissible_commands"], done or r.won
     finally:

@@ -4,9 +4,13 @@ The planner expert plays each game; every turn becomes one chat sample whose use
 exactly what the ``alfworld`` agent loop would show at that point (:func:`.prompts.build_prompt`,
 same history window) and whose assistant message is ``<think>...</think><action>expert action</action>``.
 A share of the games (``fraction``) also carries the privileged block the SDAR teacher sees: a
-system message ``sdar.privileged.header + text``, the text being one of
+first message ``sdar.privileged.header + text`` (role ``sdar.privileged.role``; header and role are
+the defaults of :class:`verl_sdar.config.PrivilegedConfig`), the text being one of
 :mod:`.privileged`'s kinds (the skill library's text for the task type, or the game's expert
-route), so a model trained on the mix has seen prompts both with and without it.
+route), so a model trained on the mix has seen prompts both with and without it. Token ids
+(:func:`tokenize_rows`, and :mod:`.evaluate`'s prompts) render that block with the teacher's own
+:class:`verl_sdar.teacher.PrivilegedBlocks` and splice it where the teacher does
+(``sdar.privileged.placement``), so they are the teacher's sequences and cannot drift from them.
 
     python -m verl_sdar.envs.alfworld.expert_sft GAMES_ROOT OUT.parquet [--split train]
         [--privileged route|skills] [--skills envs/alfworld/skills] [--fraction 0.5]
@@ -23,14 +27,17 @@ import json
 import logging
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
+from verl_sdar.config import PrivilegedConfig
 from verl_sdar.envs.alfworld.prompts import build_prompt, format_response
 
 logger = logging.getLogger(__name__)
-DEFAULT_HEADER = "Useful knowledge for this task:\n"  # sdar.privileged.header's default
+TEACHER_BLOCK = PrivilegedConfig()
+"""The teacher's block settings (``sdar.privileged.*`` defaults): header, role, placement."""
+DEFAULT_HEADER = TEACHER_BLOCK.header
 
 
 @dataclass(frozen=True)
@@ -57,8 +64,7 @@ def thought_for(action: str) -> str:
 
 def expert_turns(games: list[str], history_length: int = 2, max_steps: int = 50) -> list[ExpertTurn]:
     """Replay the planner expert on ``games``; one :class:`ExpertTurn` per expert step (won games only)."""
-    from verl_sdar.envs.alfworld.dataset import task_type_of
-    from verl_sdar.envs.alfworld.play import AlfworldEnv, run_expert, strip_welcome
+    from verl_sdar.envs.alfworld.play import AlfworldEnv, run_expert, strip_welcome, task_type_of
 
     turns: list[ExpertTurn] = []
     env = AlfworldEnv(max_steps=max_steps)
@@ -73,7 +79,8 @@ def expert_turns(games: list[str], history_length: int = 2, max_steps: int = 50)
             history: list[tuple[str, str]] = []
             for i, action in enumerate(plan.actions):
                 prompt = build_prompt(task, obs, admissible, history, history_length)
-                turns.append(ExpertTurn(game, task_type_of(game), i, prompt, format_response(thought_for(action), action)))
+                response = format_response(thought_for(action), action)
+                turns.append(ExpertTurn(game, task_type_of(game), i, prompt, response))
                 next_obs, _, _, info = env.step(action)
                 history.append((obs, action))
                 obs, admissible = next_obs, info["admissible_commands"]
@@ -101,20 +108,59 @@ def sft_rows(turns: list[ExpertTurn], privileged: Callable[[str], str] | None, f
         if use:
             if t.game not in texts:
                 texts[t.game] = privileged(t.game)
-            messages.insert(0, {"role": "system", "content": header + texts[t.game]})
+            messages.insert(0, privileged_message(texts[t.game], header))
         rows.append({"messages": messages, "task_type": t.task_type, "game": t.game, "turn": t.turn,
                      "with_privileged": bool(use)})
     return rows
 
 
+def privileged_message(text: str, header: str = DEFAULT_HEADER) -> dict:
+    """The privileged block as a chat message (the teacher's role; content ``header + text``)."""
+    return {"role": TEACHER_BLOCK.role, "content": header + text}
+
+
+def teacher_blocks(tokenizer):
+    """The teacher's block renderer for ``tokenizer`` (:class:`verl_sdar.teacher.PrivilegedBlocks`, with
+    the teacher's role and placement); it is given a block's whole content, header included, as
+    :func:`privileged_message` writes it."""
+    from verl_sdar.teacher import PrivilegedBlocks
+
+    return PrivilegedBlocks(tokenizer, header="", role=TEACHER_BLOCK.role, placement=TEACHER_BLOCK.placement)
+
+
+def chat_ids(tokenizer, messages: list[dict], blocks=None, add_generation_prompt: bool = False) -> list[int]:
+    """Token ids of a chat. With ``blocks`` (:func:`teacher_blocks`), ``messages[0]`` is the privileged
+    block: the other messages are rendered by the chat template and the block's ids
+    (``blocks(content)``) are spliced in at ``blocks.insertion_index``, exactly as the SDAR teacher
+    builds its sequences."""
+    rest = messages[1:] if blocks is not None else messages
+    ids = list(tokenizer.apply_chat_template(rest, add_generation_prompt=add_generation_prompt, tokenize=True,
+                                             return_dict=False))
+    if blocks is None:
+        return ids
+    if messages[0]["role"] != blocks.role:
+        raise ValueError(
+            f"the privileged message has role {messages[0]['role']!r}, the teacher's blocks {blocks.role!r}"
+        )
+    k = blocks.insertion_index(ids)
+    return ids[:k] + blocks(messages[0]["content"]) + ids[k:]
+
+
 def tokenize_rows(tokenizer, rows: list[dict], max_length: int) -> list[tuple[list[int], list[int]]]:
-    """(input ids, loss mask) per sample: the loss covers the assistant message and its end-of-turn."""
+    """(input ids, loss mask) per sample: the loss covers the assistant message and its end-of-turn.
+
+    A row ``with_privileged`` starts with the privileged message: it is rendered as the teacher
+    renders and places its block (:func:`chat_ids`)."""
     samples = []
+    blocks = None
     for row in rows:
         messages = list(row["messages"])
-        prompt = list(tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True,
-                                                    return_dict=False))
-        full = list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False))
+        row_blocks = None
+        if row.get("with_privileged"):
+            blocks = blocks or teacher_blocks(tokenizer)
+            row_blocks = blocks
+        prompt = chat_ids(tokenizer, messages[:-1], row_blocks, add_generation_prompt=True)
+        full = chat_ids(tokenizer, messages, row_blocks)
         if full[: len(prompt)] != prompt:
             raise ValueError("the chat template does not extend the prompt with the assistant message")
         if len(full) > max_length:
@@ -193,7 +239,8 @@ def sft_train(model_dir: str, rows: list[dict], out_dir: str, epochs: int = 3, l
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m verl_sdar.envs.alfworld.expert_sft", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m verl_sdar.envs.alfworld.expert_sft",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("root", help="ALFWorld data root (json_2.1.1/<split>/...)")
     p.add_argument("out", help="output parquet")
     p.add_argument("--split", default="train")
@@ -215,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = sft_rows(expert_turns(games, a.history_length), text_for, a.fraction, a.seed)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_parquet(a.out)
-    print(json.dumps({"games": len(games), "samples": len(rows), "with_privileged": sum(r["with_privileged"] for r in rows)}))
+    with_privileged = sum(r["with_privileged"] for r in rows)
+    print(json.dumps({"games": len(games), "samples": len(rows), "with_privileged": with_privileged}))
     return 0
 
 

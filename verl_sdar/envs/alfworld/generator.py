@@ -39,7 +39,7 @@ import random
 import shutil
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 from verl_sdar.envs.alfworld.play import TASK_TYPES, AlfworldEnv, run_expert
 

@@ -30,8 +30,11 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
+
+from verl_sdar.envs.contract import WON
 
 TASK_TYPES = (
     "pick_and_place_simple",
@@ -152,7 +155,7 @@ class AlfworldEnv:
     def _info(self, infos: dict) -> dict[str, Any]:
         info = {
             "admissible_commands": list(infos["admissible_commands"]),
-            "won": bool(infos["won"]),
+            WON: bool(infos["won"]),  # infos: TextWorld's
             "gamefile": infos.get("extra.gamefile"),
             "steps": self.steps,
         }
@@ -201,7 +204,7 @@ def run_expert(game_path: str | os.PathLike, expert: str = "planner", max_steps:
     actions: list[str] = []
     try:
         obs, info = env.reset(game_path)
-        done = info["won"]
+        done = info[WON]
         while not done and len(actions) < max_steps:
             plan = info.get("expert_plan") or []
             if not plan:
@@ -209,11 +212,11 @@ def run_expert(game_path: str | os.PathLike, expert: str = "planner", max_steps:
                                     time.perf_counter() - t0, "expert returned no plan")
             actions.append(plan[0])
             obs, _, done, info = env.step(plan[0])
-        return ExpertResult(str(game_path), bool(info["won"]), len(actions), actions, time.perf_counter() - t0,
-                            None if info["won"] else "not won after %d steps" % len(actions))
+        return ExpertResult(str(game_path), bool(info[WON]), len(actions), actions, time.perf_counter() - t0,
+                            None if info[WON] else f"not won after {len(actions)} steps")
     except Exception as e:  # noqa: BLE001 - an unsolvable game must be reported, not crash a batch
         return ExpertResult(str(game_path), False, len(actions), actions, time.perf_counter() - t0,
-                            "%s: %s" % (type(e).__name__, e))
+                            f"{type(e).__name__}: {e}")
     finally:
         if own:
             env.close()
@@ -243,11 +246,18 @@ def find_games(root: str | os.PathLike, task_types: Iterable[str] = TASK_TYPES,
     return sorted(games)
 
 
+def task_type_of(game_path: str | os.PathLike) -> str:
+    """The task type of a game: ``task_type`` of the ``traj_data.json`` next to its game file."""
+    with open(os.path.join(os.path.dirname(os.fspath(game_path)), "traj_data.json")) as f:
+        return json.load(f)["task_type"]
+
+
 def data_root(path: str | os.PathLike | None = None) -> str:
     """The ALFWorld data root: ``path``, else ``$ALFWORLD_DATA``, else alfworld's default cache."""
     if path:
         return os.path.abspath(os.fspath(path))
-    return os.path.abspath(os.path.expandvars(os.environ.get("ALFWORLD_DATA") or os.path.expanduser("~/.cache/alfworld")))
+    default = os.path.expanduser("~/.cache/alfworld")
+    return os.path.abspath(os.path.expandvars(os.environ.get("ALFWORLD_DATA") or default))
 
 
 def split_dir(split: str, root: str | os.PathLike | None = None) -> str:
@@ -272,16 +282,15 @@ def benchmark(games: list[str], expert: str | None = "planner", random_steps: in
         steps, t0 = 0, time.perf_counter()
         for g in games:
             r = run_expert(g, expert=expert, max_steps=max_steps, env=env)
-            with open(os.path.join(os.path.dirname(g), "traj_data.json")) as f:
-                per_type.setdefault(json.load(f)["task_type"], []).append(r.won)
+            per_type.setdefault(task_type_of(g), []).append(r.won)
             steps += r.steps
             if not r.won:
-                log("expert did not win %s: %s" % (g, r.error))
+                log(f"expert did not win {g}: {r.error}")
         env.close()
         secs = time.perf_counter() - t0
         won = sum(sum(v) for v in per_type.values())
         out.update({"expert": expert, "expert_success": won / max(1, len(games)), "expert_won": won,
-                    "expert_by_type": {k: "%d/%d" % (sum(v), len(v)) for k, v in sorted(per_type.items())},
+                    "expert_by_type": {k: f"{sum(v)}/{len(v)}" for k, v in sorted(per_type.items())},
                     "expert_steps": steps, "expert_seconds": secs,
                     "expert_steps_per_s": steps / secs if secs else 0.0})
     if random_steps:
@@ -325,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit:
         games = games[:args.limit]
     if not games:
-        raise SystemExit("no solvable games under %s" % args.path)
+        raise SystemExit(f"no solvable games under {args.path}")
     res = benchmark(games, expert=None if args.expert == "none" else args.expert,
                     random_steps=args.random_steps, max_steps=args.max_steps)
     print(json.dumps(res, indent=1))

@@ -17,7 +17,7 @@ Two kinds, chosen by name (``none``: no privileged text):
 from __future__ import annotations
 
 import json
-from typing import Callable
+from collections.abc import Callable
 
 KINDS = ("none", "skills", "route")
 ROUTE_PREFIX = "Places to visit, in order: "
@@ -48,7 +48,7 @@ def privileged_text(kind: str, skills: str | None = None) -> Callable[[str], str
     if kind == "skills":
         if not skills:
             raise ValueError("privileged kind 'skills' needs a skill library folder")
-        from verl_sdar.envs.alfworld.dataset import task_type_of
+        from verl_sdar.envs.alfworld.play import task_type_of
         from verl_sdar.skills import SkillLibrary, make_retriever
 
         retriever = make_retriever("task_type", SkillLibrary.load(skills))

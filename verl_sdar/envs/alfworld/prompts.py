@@ -3,7 +3,7 @@ with ALFWorld's role sentence. The first observation already states the task."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from verl_sdar.envs.turn_prompts import (  # noqa: F401  (re-exported for the agent loop and users)
     FALLBACK_TAIL,

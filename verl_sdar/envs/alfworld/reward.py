@@ -11,17 +11,19 @@ environment reward of verl-agent's ALFWorld setup.
 
 from __future__ import annotations
 
+from verl_sdar.envs.contract import ENV_ERROR, EPISODE_ERROR, EPISODE_STEPS, SUCCESS, TASK_TYPE, WON
+
 SUCCESS_REWARD = 10.0
 
 
 def compute_score(data_source=None, solution_str=None, ground_truth=None, extra_info=None, **kwargs) -> dict:
     info = extra_info or {}
-    won = bool(info.get("won", False))
+    won = bool(info.get(WON, False))
     return {
         "score": SUCCESS_REWARD * float(won),
-        "success": float(won),
-        "episode_steps": float(info.get("episode_steps", 0) or 0),
-        "env_error": float(bool(info.get("episode_error"))),
+        SUCCESS: float(won),
+        EPISODE_STEPS: float(info.get(EPISODE_STEPS, 0) or 0),
+        ENV_ERROR: float(bool(info.get(EPISODE_ERROR))),
         # a string: verl's own statistics skip it; the SDAR trainer reports success per task type
-        "task_type": str(info.get("task_type") or "unknown"),
+        TASK_TYPE: str(info.get(TASK_TYPE) or "unknown"),
     }

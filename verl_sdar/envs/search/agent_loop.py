@@ -9,7 +9,8 @@ to ``env.max_steps`` turns the model continues the assistant message; each turn'
   ``response_mask`` is 0 (no loss, no log-prob) and their rollout log-probs are 0.
 * ``<answer> a </answer>``: the episode ends; ``a`` is scored by exact match (:mod:`.reward`).
 * anything else: an invalid turn, flagged (``extra_fields["invalid_turns"]``) and penalised by
-  ``env.invalid_action_penalty_coef`` per invalid turn in the score; a short masked hint follows.
+  ``env.invalid_action_penalty_coef`` per invalid turn (``extra_fields["invalid_action_penalty"]``,
+  subtracted from the reward by the SDAR trainer); a short masked hint follows.
 
 The whole episode stays in the one sequence, so every earlier turn is in context (Search-R1);
 ``env.history_length`` must therefore be at least ``env.max_steps``.
@@ -26,15 +27,28 @@ import asyncio
 import functools
 import logging
 import os
-import threading
 import time
 from typing import Any
 from uuid import uuid4
 
-from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, register
+from verl.experimental.agent_loop.agent_loop import AgentLoopOutput, register
 from verl.utils.profiler import simple_timer
 
-from verl_sdar.envs.common import env_settings, plain
+from verl_sdar.envs.common import locked_cache, plain
+from verl_sdar.envs.contract import (
+    ANSWER,
+    EPISODE_SECONDS,
+    INVALID_ACTION_PENALTY,
+    INVALID_REASON,
+    INVALID_TURNS,
+    QUESTION,
+    RETRIEVAL_SECONDS,
+    REWARD_EXTRA_INFO,
+    SEARCHES,
+    TASK_TYPE,
+    WON,
+)
+from verl_sdar.envs.loop_base import EnvAgentLoop
 from verl_sdar.envs.search.prompts import INVALID_FEEDBACK, build_prompt, information_block, parse_action
 from verl_sdar.envs.search.retrieval import Retriever, format_hits, make_retriever
 from verl_sdar.envs.search.reward import exact_match, golden_answers
@@ -51,17 +65,10 @@ DEFAULTS: dict[str, Any] = {
     "retriever": {"url": None, "corpus_path": None, "topk": 3, "timeout_s": 30.0},
 }
 
-_retrievers: dict[tuple, Retriever] = {}
-_retrievers_lock = threading.Lock()
-
-
+@locked_cache
 def get_retriever(url: str | None, corpus_path: str | None) -> Retriever:
     """One retriever per (url, corpus) per process (the BM25 index is built once)."""
-    key = (url, corpus_path)
-    with _retrievers_lock:
-        if key not in _retrievers:
-            _retrievers[key] = make_retriever(url=url, corpus_path=corpus_path)
-        return _retrievers[key]
+    return make_retriever(url=url, corpus_path=corpus_path)
 
 
 def cut_after(decode, ids: list[int], end_char: int, text_len: int) -> int:
@@ -82,28 +89,24 @@ def cut_after(decode, ids: list[int], end_char: int, text_len: int) -> int:
 
 
 @register(AGENT_NAME)
-class SearchAgentLoop(AgentLoopBase):
-    """Answers one question with search calls; returns one :class:`AgentLoopOutput`."""
+class SearchAgentLoop(EnvAgentLoop):
+    """Answers one question with search calls; returns one :class:`AgentLoopOutput`.
+
+    Settings and the invalid-action penalty: :class:`~verl_sdar.envs.loop_base.EnvAgentLoop`."""
+
+    DEFAULTS = DEFAULTS
 
     def __init__(self, *args, **kwargs):
-        overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in DEFAULTS}
-        kwargs.pop("name", None)
         super().__init__(*args, **kwargs)
-        self.settings = env_settings(DEFAULTS, self.config, overrides)
-        self.max_steps = int(self.settings["max_steps"])
-        if int(self.settings["history_length"]) < self.max_steps:
+        if self.history_length < self.max_steps:
             raise ValueError(
                 f"env.history_length={self.settings['history_length']} < env.max_steps={self.max_steps}: the search "
                 "loop keeps the whole episode in one sequence, so every turn is always in context"
             )
-        self.penalty = (
-            float(self.settings["invalid_action_penalty_coef"]) if self.settings["use_invalid_action_penalty"] else 0.0
-        )
         retriever = self.settings["retriever"]
         self.topk = int(retriever["topk"])
         self.retrieval_timeout = float(retriever["timeout_s"])
         self.retriever = get_retriever(retriever.get("url"), retriever.get("corpus_path"))
-        self.response_length = self.rollout_config.response_length
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -115,7 +118,7 @@ class SearchAgentLoop(AgentLoopBase):
         priority = int(priority)
         extra_info = plain(kwargs.get("extra_info")) or {}
         reward_model = plain(kwargs.get("reward_model")) or {}
-        question = extra_info.get("question")
+        question = extra_info.get(QUESTION)
         if not question:
             raise ValueError("search agent loop: the row has no extra_info.question")
         answers = golden_answers(reward_model.get("ground_truth"))
@@ -189,8 +192,7 @@ class SearchAgentLoop(AgentLoopBase):
 
         won = answer is not None and exact_match(answer, answers) == 1.0
         if not response_ids:  # zero budget: keep one masked token so the row is well formed
-            eos = self.tokenizer.eos_token_id
-            response_ids, mask, logprobs = [eos[0] if isinstance(eos, list) else eos], [0], [0.0]
+            response_ids, mask, logprobs = [self.filler_token_id()], [0], [0.0]
         return AgentLoopOutput(
             prompt_ids=prompt_ids,
             response_ids=response_ids,
@@ -200,15 +202,15 @@ class SearchAgentLoop(AgentLoopBase):
             metrics=metrics,
             extra_fields={
                 **server_fields,
-                "task_type": extra_info.get("task_type"),
-                "answer": answer,
-                "won": won,
-                "searches": searches,
-                "invalid_turns": invalid,
-                "invalid_reason": "; ".join(reasons),
-                "invalid_action_penalty": self.penalty * invalid,
-                "retrieval_seconds": retrieval_s,
-                "episode_seconds": time.perf_counter() - start,
-                "reward_extra_info": {},
+                TASK_TYPE: extra_info.get(TASK_TYPE),
+                ANSWER: answer,
+                WON: won,
+                SEARCHES: searches,
+                INVALID_TURNS: invalid,
+                INVALID_REASON: "; ".join(reasons),
+                INVALID_ACTION_PENALTY: self.penalty * invalid,
+                RETRIEVAL_SECONDS: retrieval_s,
+                EPISODE_SECONDS: time.perf_counter() - start,
+                REWARD_EXTRA_INFO: {},
             },
         )

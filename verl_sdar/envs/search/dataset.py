@@ -24,6 +24,7 @@ import json
 import re
 from pathlib import Path
 
+from verl_sdar.envs.contract import QUESTION, dataset_row
 from verl_sdar.envs.search.corpus import read_jsonl
 from verl_sdar.envs.search.reward import golden_answers
 
@@ -46,20 +47,24 @@ def question_type(question: str, data_source: str) -> str:
 def make_row(question: str, answers: list[str], task_type: str, data_source: str, split: str, index: int) -> dict:
     if not answers:
         raise ValueError(f"{split} row {index}: no golden answers for {question!r}")
-    return {
-        "data_source": data_source,
-        "agent_name": AGENT_NAME,
-        "prompt": [{"role": "user", "content": f"Question: {question}"}],
-        "ability": "fact-reasoning",
-        "reward_model": {"style": "rule", "ground_truth": {"target": list(answers)}},
-        "extra_info": {"index": index, "split": split, "question": question, "task_type": task_type,
-                       "privileged": ""},
-    }
+    return dataset_row(
+        data_source=data_source,
+        agent_name=AGENT_NAME,
+        prompt=f"Question: {question}",
+        ability="fact-reasoning",
+        ground_truth={"target": list(answers)},
+        index=index,
+        split=split,
+        fields={QUESTION: question},
+        task_type=task_type,
+    )
 
 
 def rows_from_qa(path: str | Path, split: str, limit: int = 0) -> list[dict]:
     qa = read_jsonl(path)[: limit or None]
-    return [make_row(q["question"], q["golden_answers"], q["task_type"], DATA_SOURCE, split, i) for i, q in enumerate(qa)]
+    return [
+        make_row(q["question"], q["golden_answers"], q["task_type"], DATA_SOURCE, split, i) for i, q in enumerate(qa)
+    ]
 
 
 def question_from_search_r1(row: dict) -> str:

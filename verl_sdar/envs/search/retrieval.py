@@ -76,7 +76,7 @@ class BM25Retriever:
             ids, scores = self._index.retrieve([known], k=k, show_progress=False)
             hits = [
                 {"document": dict(self.docs[int(i)]), "score": float(s)}
-                for i, s in zip(ids[0], scores[0])
+                for i, s in zip(ids[0], scores[0], strict=False)
                 if float(s) > 0.0
             ]
             results.append(hits)
@@ -111,7 +111,8 @@ class HTTPRetriever:
         result = payload.get("result") if isinstance(payload, dict) else None
         if not isinstance(result, list) or len(result) != len(queries):
             raise RetrievalError(
-                f"retriever {self.url}: expected {{'result': [...]}} with {len(queries)} lists, got {str(payload)[:200]}"
+                f"retriever {self.url}: expected {{'result': [...]}} with {len(queries)} lists, "
+                f"got {str(payload)[:200]}"
             )
         out: list[list[Hit]] = []
         for hits in result:

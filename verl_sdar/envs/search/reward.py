@@ -3,7 +3,9 @@
 ``normalize_answer`` lower-cases, drops punctuation and the articles a/an/the, and collapses
 whitespace; the answer scores 1 when it equals any golden answer after normalisation. The
 ``search`` agent loop puts the parsed answer and the number of invalid turns in ``extra_fields``;
-the score is ``EM - invalid_action_penalty`` (the penalty is 0 unless turns were malformed).
+the score is EM. The invalid-action penalty the loop records is subtracted by the SDAR trainer
+(``verl_sdar.advantages.penalise_rewards``), the one place every env's penalty is applied; so
+validation scores are plain EM.
 
     reward.custom_reward_function.path=pkg://verl_sdar.envs.search.reward
     reward.custom_reward_function.name=compute_score
@@ -14,6 +16,8 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Iterable
+
+from verl_sdar.envs.contract import ANSWER, INVALID_TURNS, SEARCHES, SUCCESS, TASK_TYPE
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = set(string.punctuation)
@@ -46,14 +50,13 @@ def exact_match(prediction: str | None, answers: Iterable[str]) -> float:
 
 def compute_score(data_source=None, solution_str=None, ground_truth=None, extra_info=None, **kwargs) -> dict:
     info = extra_info or {}
-    em = exact_match(info.get("answer"), golden_answers(ground_truth))
-    penalty = float(info.get("invalid_action_penalty", 0.0) or 0.0)
+    em = exact_match(info.get(ANSWER), golden_answers(ground_truth))
     return {
-        "score": em - penalty,
-        "success": em,
-        "answered": float(info.get("answer") is not None),
-        "searches": float(info.get("searches", 0) or 0),
-        "invalid_turns": float(info.get("invalid_turns", 0) or 0),
+        "score": em,
+        SUCCESS: em,
+        "answered": float(info.get(ANSWER) is not None),
+        SEARCHES: float(info.get(SEARCHES, 0) or 0),
+        INVALID_TURNS: float(info.get(INVALID_TURNS, 0) or 0),
         # a string: verl's own statistics skip it; the SDAR trainer reports success per question type
-        "task_type": str(info.get("task_type") or "unknown"),
+        TASK_TYPE: str(info.get(TASK_TYPE) or "unknown"),
     }

@@ -17,11 +17,12 @@ Configuration (top-level ``env`` block): ``max_steps`` (15), ``history_length`` 
 from __future__ import annotations
 
 import json
-import threading
 from typing import Any
 
 from verl.experimental.agent_loop.agent_loop import register
 
+from verl_sdar.envs.common import locked_cache
+from verl_sdar.envs.contract import BOUGHT, GOAL, WEBSHOP_REWARD, WON
 from verl_sdar.envs.turn_loop import TURN_DEFAULTS, TurnRowAgentLoop
 from verl_sdar.envs.turn_prompts import first_prompt, later_prompt
 from verl_sdar.envs.webshop.env import Shop, WebShopEnv
@@ -30,15 +31,10 @@ AGENT_NAME = "webshop"
 DEFAULTS = {**TURN_DEFAULTS, "max_steps": 15, "catalogue_dir": None}
 ROLE = "You are an expert shopping agent in the WebShop online store."
 
-_shops: dict[str, Shop] = {}
-_shops_lock = threading.Lock()
-
-
+@locked_cache
 def get_shop(catalogue_dir: str) -> Shop:
-    with _shops_lock:
-        if catalogue_dir not in _shops:
-            _shops[catalogue_dir] = Shop.from_dir(catalogue_dir)
-        return _shops[catalogue_dir]
+    """One shop (catalogue loaded and indexed) per folder per process."""
+    return Shop.from_dir(catalogue_dir)
 
 
 @register(AGENT_NAME)
@@ -51,14 +47,16 @@ class WebShopAgentLoop(TurnRowAgentLoop):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if not self.settings["catalogue_dir"]:
-            raise ValueError("webshop agent loop: set env.catalogue_dir (python -m verl_sdar.envs.webshop.catalogue DIR)")
+            raise ValueError(
+                "webshop agent loop: set env.catalogue_dir (python -m verl_sdar.envs.webshop.catalogue DIR)"
+            )
         self.shop = get_shop(str(self.settings["catalogue_dir"]))
 
     def open_env(self):
         return WebShopEnv(self.shop, max_steps=self.max_steps)
 
     def reset(self, env, extra_info: dict) -> tuple[str, str, list[str]]:
-        goal = extra_info.get("goal")
+        goal = extra_info.get(GOAL)
         if not goal:
             raise ValueError("row has no extra_info.goal")
         goal = json.loads(goal) if isinstance(goal, str) else goal
@@ -67,7 +65,7 @@ class WebShopAgentLoop(TurnRowAgentLoop):
 
     def step(self, env, action: str):
         obs, _reward, done, info = env.step(action)
-        return obs, done, bool(info["won"]), info["admissible_commands"], info
+        return obs, done, bool(info[WON]), info["admissible_commands"], info
 
     def prompt(self, task, observation, admissible, history) -> str:
         if not history:
@@ -75,4 +73,4 @@ class WebShopAgentLoop(TurnRowAgentLoop):
         return later_prompt(ROLE, task, observation, admissible, history, self.history_length)
 
     def episode_fields(self, last_info: dict) -> dict[str, Any]:
-        return {"webshop_reward": float(last_info.get("reward", 0.0)), "bought": bool(last_info.get("bought", False))}
+        return {WEBSHOP_REWARD: float(last_info.get("reward", 0.0)), BOUGHT: bool(last_info.get(BOUGHT, False))}

@@ -14,21 +14,25 @@ import argparse
 import json
 from pathlib import Path
 
+from verl_sdar.envs.contract import GOAL, dataset_row
+
 AGENT_NAME = "webshop"
 DATA_SOURCE = "webshop"
 
 
 def make_rows(goals: list[dict], split: str) -> list[dict]:
     return [
-        {
-            "data_source": DATA_SOURCE,
-            "agent_name": AGENT_NAME,
-            "prompt": [{"role": "user", "content": goal["instruction_text"]}],
-            "ability": "agent",
-            "reward_model": {"style": "rule", "ground_truth": ""},
-            "extra_info": {"index": i, "split": split, "goal": json.dumps(goal), "task_type": goal["category"],
-                           "privileged": ""},
-        }
+        dataset_row(
+            data_source=DATA_SOURCE,
+            agent_name=AGENT_NAME,
+            prompt=goal["instruction_text"],
+            ability="agent",
+            ground_truth="",
+            index=i,
+            split=split,
+            fields={GOAL: json.dumps(goal)},
+            task_type=goal["category"],
+        )
         for i, goal in enumerate(goals)
     ]
 

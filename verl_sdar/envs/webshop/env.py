@@ -22,6 +22,7 @@ import re
 import threading
 from pathlib import Path
 
+from verl_sdar.envs.contract import BOUGHT, VALID_ACTION, WON
 from verl_sdar.envs.webshop.catalogue import type_nouns
 from verl_sdar.envs.webshop.reward import webshop_reward
 
@@ -62,7 +63,7 @@ class Shop:
             return []
         with self._lock:
             ids, scores = self._index.retrieve([words], k=min(k, len(self.products)), show_progress=False)
-        return [self.products[int(i)] for i, s in zip(ids[0], scores[0]) if float(s) > 0]
+        return [self.products[int(i)] for i, s in zip(ids[0], scores[0], strict=True) if float(s) > 0]
 
 
 class WebShopEnv:
@@ -196,10 +197,10 @@ class WebShopEnv:
         self._last_reward = reward
         return {
             "admissible_commands": self.admissible(),
-            "won": self.done and reward >= 1.0,
+            WON: self.done and reward >= 1.0,
             "reward": reward,
-            "bought": self.page == "done",
-            "valid_action": valid,
+            BOUGHT: self.page == "done",
+            VALID_ACTION: valid,
             "asin": self.item["asin"] if self.item else None,
             "task": self.goal["instruction_text"],
             **parts,

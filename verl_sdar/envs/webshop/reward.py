@@ -29,6 +29,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
+from verl_sdar.envs.contract import BOUGHT, EPISODE_STEPS, SUCCESS, TASK_TYPE, WEBSHOP_REWARD
+
 SCALE = 10.0
 _TOKEN = re.compile(r"[a-z0-9]+")
 BASE_COLORS = ("black", "white", "navy", "red", "gray", "grey", "green", "beige", "blue", "silver", "pink",
@@ -98,13 +100,13 @@ def webshop_reward(product: Mapping, goal: Mapping, chosen_options: Mapping[str,
 
 def compute_score(data_source=None, solution_str=None, ground_truth=None, extra_info=None, **kwargs) -> dict:
     info = extra_info or {}
-    reward = float(info.get("webshop_reward", 0.0) or 0.0)
+    reward = float(info.get(WEBSHOP_REWARD, 0.0) or 0.0)
     return {
         "score": SCALE * reward,
         "webshop_score": 100.0 * reward,   # the paper's Score (mean over episodes)
-        "success": float(reward >= 1.0),   # the paper's Acc
-        "bought": float(bool(info.get("bought", False))),
-        "episode_steps": float(info.get("episode_steps", 0) or 0),
+        SUCCESS: float(reward >= 1.0),     # the paper's Acc
+        BOUGHT: float(bool(info.get(BOUGHT, False))),
+        EPISODE_STEPS: float(info.get(EPISODE_STEPS, 0) or 0),
         # a string: verl's own statistics skip it; the SDAR trainer reports success per category
-        "task_type": str(info.get("task_type") or "unknown"),
+        TASK_TYPE: str(info.get(TASK_TYPE) or "unknown"),
     }

@@ -1,0 +1,140 @@
+"""Privileged-text sources: where each training row's teacher context comes from (``sdar.privileged.source``).
+
+A source turns a batch's rows into one privileged text per row (empty: no context, the teacher
+then sees the student's prompt), may learn from the rows' rewards, and has a state that goes into
+every checkpoint:
+
+* ``column``: ``extra_info[sdar.privileged.key]`` of each dataset row (stateless);
+* ``skills``: retrieved from the skill library ``sdar.skills.library`` with ``sdar.skills.strategy``
+  (``verl_sdar.skills``); UCB learns from each real row's reward, and its statistics are state.
+
+The trainer builds a :class:`TeacherInputs` from TransferQueue and calls ``texts``, then
+``feedback``; it never looks inside a source.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+from collections.abc import Callable
+
+from .skills import Retrieval, SkillLibrary, make_retriever
+from .teacher import privileged_texts
+
+
+@dataclass
+class TeacherInputs:
+    """The per-row data a source may read (lists in batch order).
+
+    Attributes:
+        extra_infos: each row's dataset ``extra_info``.
+        prompts: each row's prompt token ids (1-D tensors).
+        raw_prompts: each row's chat messages, when stored (``raw_prompt``), else None.
+        scores: each row's summed reward, when known, else None.
+        real: positions of the rows that are not verl's batch-balancing padding clones.
+        decode: turns prompt ids into text (a tokenizer's ``decode``).
+    """
+
+    extra_infos: list
+    prompts: list
+    raw_prompts: list | None
+    scores: list[float] | None
+    real: list[int]
+    decode: Callable[[list[int]], str]
+
+
+def _last_user_text(messages) -> str | None:
+    """Content of the last user message of a chat prompt (a list of role/content dicts)."""
+    for message in reversed(list(messages or [])):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return str(message.get("content", ""))
+    return None
+
+
+class PrivilegedSource(ABC):
+    """One privileged text per row; optional reward feedback and checkpoint state."""
+
+    @abstractmethod
+    def texts(self, rows: TeacherInputs) -> list[str]:
+        """The privileged text of each row ("" = none)."""
+
+    def feedback(self, rows: TeacherInputs) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Learn from the rows' rewards (after ``texts`` on the same rows)."""
+
+    def metrics(self) -> dict[str, float]:
+        """Per-step metrics of the last ``texts`` call."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """Checkpoint state; None for a stateless source."""
+        return None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        raise TypeError(f"{type(self).__name__} has no state to restore")
+
+
+class ColumnSource(PrivilegedSource):
+    """``extra_info[key]`` of each row; a row without the field is an error."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def texts(self, rows: TeacherInputs) -> list[str]:
+        return privileged_texts(rows.extra_infos, self.key)
+
+
+class SkillSource(PrivilegedSource):
+    """Skills retrieved per row from a skill library; UCB learns from each real row's reward.
+
+    Each real row's outcome (its summed token-level score, i.e. the episode reward written on
+    the row) is fed back for the skills retrieved for it.
+    """
+
+    def __init__(self, library: str, strategy: str, *, task_type_key: str = "task_type", seed: int = 0,
+                 ucb_c: float = 2.0 ** 0.5):
+        self.strategy = strategy
+        self.task_type_key = task_type_key
+        self.retriever = make_retriever(strategy, SkillLibrary.load(library), seed=seed, ucb_c=ucb_c)
+        self._retrievals: list[Retrieval] = []
+
+    def texts(self, rows: TeacherInputs) -> list[str]:
+        self.retriever.reset_counts()
+        self._retrievals = []
+        for i, info in enumerate(rows.extra_infos):
+            task_type = info.get(self.task_type_key) if isinstance(info, dict) else None
+            prompt_text = None
+            if self.strategy == "keyword":
+                prompt_text = _last_user_text(rows.raw_prompts[i]) if rows.raw_prompts is not None else None
+                if prompt_text is None:
+                    prompt_text = rows.decode(rows.prompts[i].tolist())
+            self._retrievals.append(self.retriever.retrieve(prompt=prompt_text, task_type=task_type))
+        return [r.text for r in self._retrievals]
+
+    def feedback(self, rows: TeacherInputs) -> None:
+        if rows.scores is None:
+            return
+        for i in rows.real:
+            self.retriever.update(self._retrievals[i], rows.scores[i])
+
+    def metrics(self) -> dict[str, float]:
+        unknown = sum(self.retriever.unknown.values())
+        return {"sdar/skills/unknown_task_type_rows": unknown / max(self.retriever.rows, 1)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"retriever": self.retriever.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.retriever.load_state_dict(state["retriever"])
+
+
+def make_source(sdar) -> PrivilegedSource:
+    """The source ``sdar.privileged.source`` names."""
+    if sdar.privileged.source == "skills":
+        skills = sdar.skills
+        return SkillSource(
+            skills.library, skills.strategy, task_type_key=skills.task_type_key, seed=skills.seed, ucb_c=skills.ucb_c
+        )
+    if sdar.privileged.source == "column":
+        return ColumnSource(sdar.privileged.key)
+    raise ValueError(f"sdar.privileged.source: unknown source {sdar.privileged.source!r}")

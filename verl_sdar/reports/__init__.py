@@ -1,0 +1,1 @@
+"""Report logic of the benchmarks (pure functions over the raw run files), importable by tests."""
