@@ -55,6 +55,9 @@ def _last_user_text(messages) -> str | None:
 class PrivilegedSource(ABC):
     """One privileged text per row; optional reward feedback and checkpoint state."""
 
+    state_name = "privileged source"
+    """What the checkpoint state is, for logs."""
+
     @abstractmethod
     def texts(self, rows: TeacherInputs) -> list[str]:
         """The privileged text of each row ("" = none)."""
@@ -90,6 +93,8 @@ class SkillSource(PrivilegedSource):
     Each real row's outcome (its summed token-level score, i.e. the episode reward written on
     the row) is fed back for the skills retrieved for it.
     """
+
+    state_name = "skill retriever"
 
     def __init__(self, library: str, strategy: str, *, task_type_key: str = "task_type", seed: int = 0,
                  ucb_c: float = 2.0 ** 0.5):

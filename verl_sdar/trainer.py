@@ -160,9 +160,12 @@ class SDARTrainer(PPOTrainerSync):
 
     # -------------------------------------------------------------- advantages
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        env_scores = None
         if batch.fields is None or "extra_fields" in batch.fields:
-            batch = self._penalise_and_count_episodes(batch, metrics)
+            batch, env_scores = self._penalise_and_count_episodes(batch, metrics)
         batch = super()._compute_advantage(batch, metrics)
+        if env_scores is not None:  # the logged score (critic/score) stays the environment's
+            batch = _put(batch, rm_scores=env_scores)
         transform = self.sdar.objective_spec.transform_advantages
         if transform is None:
             return batch
@@ -176,20 +179,24 @@ class SDARTrainer(PPOTrainerSync):
         metrics.update(extra)
         return _put(batch, advantages=response_to_nested(advantages, nested_mask))
 
-    def _penalise_and_count_episodes(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
-        """Episode success metrics; each row's invalid-action penalty subtracted from its reward."""
+    def _penalise_and_count_episodes(self, batch: KVBatchMeta, metrics: dict):
+        """Episode success metrics; each row's invalid-action penalty subtracted from its reward.
+
+        Returns the batch and the rows' unpenalised rewards (None when nothing was penalised).
+        """
         rows = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id,
                                select_fields=["extra_fields", "rm_scores"])
         extra = _rows(rows["extra_fields"])
         real = _real_rows(batch.tags)
         metrics.update(sdar_metrics.episode_metrics(batch.keys, extra, real))
         if not any(isinstance(e, dict) and INVALID_ACTION_PENALTY in e for e in extra):
-            return batch
+            return batch, None
         penalties = row_penalties(extra)
         metrics["sdar/invalid_action_rows"] = sum(penalties[i] > 0 for i in real) / len(real) if real else 0.0
         if not any(penalties):
-            return batch
-        return _put(batch, rm_scores=_nested(penalise_rewards(_rows(rows["rm_scores"]), penalties)))
+            return batch, None
+        batch = _put(batch, rm_scores=_nested(penalise_rewards(_rows(rows["rm_scores"]), penalties)))
+        return batch, rows["rm_scores"]
 
     def _val_metrics_update(self, data_sources, sample_uids, reward_extra_infos_dict, sample_turns, **kwargs):
         """verl's validation metrics plus success per task type (``metrics.validation_metrics``)."""
@@ -214,4 +221,4 @@ class SDARTrainer(PPOTrainerSync):
         folder = checkpoint_folder(self.config.trainer, self.global_steps, resuming=True)
         what = f"the state of sdar.privileged.source={self.sdar.privileged.source} (e.g. UCB statistics)"
         self.source.load_state_dict(load_state(folder, what=what))
-        logger.info("verl-sdar: restored the privileged source's state from %s", folder)
+        logger.info("verl-sdar: restored %s state from %s", self.source.state_name, folder)
