@@ -57,6 +57,7 @@ MODULE_TIERS = {
     "test_cpu_platform.py": "unit",
     "test_curves_report.py": "unit",
     "test_e2e_cpu.py": "e2e",
+    "test_fidelity.py": "unit",
     "test_env_common.py": "unit",
     "test_episodes.py": "unit",
     "test_hf_generation.py": "unit",
@@ -67,6 +68,7 @@ MODULE_TIERS = {
     "test_plugin.py": "unit",                 # + the Ray worker test (e2e, ray_cluster)
     "test_recipes.py": "unit",
     "test_search.py": "envs",                 # + one main_ppo test (e2e)
+    "test_skill_grpo.py": "envs",             # real ALFWorld / WebShop episodes (+ config composition)
     "test_skills.py": "unit",
     "test_teacher.py": "unit",
     "test_tiny_model.py": "unit",

@@ -1,5 +1,6 @@
 """Composition with real Hydra and real verl: `algorithm=...` groups, stock config, bad values."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -15,7 +16,8 @@ GROUPS = {
     "sdar": dict(objective="sdar", coef=0.01, beta=5.0, gate="gap"),
     "grpo": dict(objective="none"),
     "grpo_opsd": dict(objective="sdar", coef=0.01, beta=0.0, gate="constant"),
-    "opsd": dict(objective="opsd", coef=1.0),
+    "opsd": dict(objective="opsd", coef=0.01, beta=5.0, gate="gap"),
+    "opsd_rkl": dict(objective="opsd_rkl", coef=1.0),
     "rlsd": dict(objective="rlsd"),
     "skill_sd": dict(objective="skill_sd", coef=0.001),
 }
@@ -83,6 +85,7 @@ def test_without_algorithm_the_config_is_stock_verl(monkeypatch):
     "override, key",
     [
         ("sdar.gate=nope", "sdar.gate"),
+        ("+sdar.divergence=kl", "sdar.divergence"),
         ("sdar.coef=-0.1", "sdar.coef"),
         ("sdar.beta=-1", "sdar.beta"),
         ("sdar.privileged.key=''", "sdar.privileged.key"),
@@ -105,6 +108,21 @@ def test_bad_values_fail_with_a_message_naming_the_key(override, key, monkeypatc
     cfg = composed(group, *override.split())
     with pytest.raises(SDARConfigError, match=key.replace(".", r"\.")):
         SDARConfig.from_config(cfg)
+
+
+def test_opsd_keeps_verls_kl_and_sets_the_entropy_bonus_the_paper_uses():
+    from verl.workers.config import ActorConfig
+
+    stock = composed().actor_rollout_ref.actor.entropy_coeff
+    for group in GROUPS:
+        actor = composed(f"algorithm={group}").actor_rollout_ref.actor
+        assert actor.entropy_coeff == (0.001 if group == "opsd" else stock), group
+        assert (actor.use_kl_loss, actor.kl_loss_coef, actor.kl_loss_type) == (True, 0.01, "low_var_kl"), group
+    # `entropy_coeff` is verl's own actor key (its dataclass reads it; ppo_loss subtracts coeff * entropy)
+    assert "entropy_coeff" in {f.name for f in dataclasses.fields(ActorConfig)}
+    cfg = composed("algorithm=opsd", "+sdar.divergence=jsd")
+    sdar = SDARConfig.from_config(cfg)
+    assert (sdar.objective, sdar.divergence, sdar.objective_spec.uses_gate) == ("opsd", "jsd", True)
 
 
 def test_skill_library_source_validates_and_loads_the_library(monkeypatch):

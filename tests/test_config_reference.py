@@ -28,17 +28,30 @@ DELTAS = {
     "grpo": dict(objective="none"),
     "sdar": dict(objective="sdar", coef=0.01, beta=5.0, gate="gap"),
     "grpo_opsd": dict(objective="sdar", coef=0.01, beta=0.0, gate="constant"),
-    "opsd": dict(objective="opsd", coef=1.0),
+    "opsd": dict(objective="opsd", coef=0.01, beta=5.0, gate="gap"),
+    "opsd_rkl": dict(objective="opsd_rkl", coef=1.0),
     "rlsd": dict(objective="rlsd", rlsd=dict(mix=0.5, clip_eps=0.2, decay_steps=100)),
     "skill_sd": dict(objective="skill_sd", coef=0.001),
+    "skill_grpo": dict(objective="none", student_prompt=True),
 }
-# What algorithm_base/teacher.yaml adds for every method with a teacher pass (all but grpo).
+# What algorithm_base/teacher.yaml adds for every method with a teacher pass (all but grpo) and skill_grpo.
 TEACHER_BLOCK = dict(
-    privileged=dict(source="column", key="privileged", role="system", placement="start"),
+    privileged=dict(source="column", key="privileged", role="system", placement="start", format="chat_turn"),
     skills=dict(library=None, strategy="task_type"),
     teacher=dict(max_prompt_length=None),
 )
 BASE = {method: "common" if method == "grpo" else "teacher" for method in DELTAS}
+# The only settings outside `sdar` a method sets: the paper's OPSD keeps an entropy bonus.
+OUTSIDE_SDAR = {"opsd": {"actor_rollout_ref": {"actor": {"entropy_coeff": 0.001}}}}
+
+
+def _outside_sdar(job: dict) -> dict:
+    return {k: v for k, v in job.items() if k != "sdar"}
+
+
+def _with_own_outside_keys(job: dict, method: str) -> dict:
+    """``job`` (outside ``sdar``) with the keys ``method`` sets outside ``sdar`` applied on top."""
+    return OmegaConf.to_container(OmegaConf.merge(_outside_sdar(job), OUTSIDE_SDAR.get(method, {})))
 
 
 # --------------------------------------------------------------------------- composition
@@ -76,14 +89,14 @@ def compose_recipe(path: Path, *overrides: str) -> tuple[dict, dict]:
 # --------------------------------------------------------------------------- base + deltas
 
 
-def test_the_group_holds_exactly_the_six_methods_each_a_delta_on_a_base():
+def test_the_group_holds_exactly_the_methods_each_a_delta_on_a_base():
     assert {p.stem for p in (CONFIG / "algorithm").glob("*.yaml")} == set(DELTAS)
     for method, delta in DELTAS.items():
         path = CONFIG / "algorithm" / f"{method}.yaml"
         assert path.read_text().startswith("# @package _global_\n"), path
         raw = OmegaConf.to_container(OmegaConf.load(path))
         assert raw.pop("defaults") == [f"/algorithm_base/{BASE[method]}", "_self_"], path
-        assert raw == {"sdar": delta}, f"{path.name} should hold only its own sdar.* values"
+        assert raw == {"sdar": delta, **OUTSIDE_SDAR.get(method, {})}, f"{path.name} should hold only its own values"
 
 
 def test_the_bases_are_not_choices_of_the_group():
@@ -102,8 +115,8 @@ def test_each_method_composes_to_the_shared_settings_plus_its_own(method):
     assert not set(shared_sdar) & (set(TEACHER_BLOCK) | {k for d in DELTAS.values() for k in d})
     expected = {**shared_sdar, **(TEACHER_BLOCK if BASE[method] == "teacher" else {}), **DELTAS[method]}
     assert job["sdar"] == expected
-    # outside `sdar`, every method composes to the same config
-    assert {k: v for k, v in job.items() if k != "sdar"} == {k: v for k, v in plain("grpo")[0].items() if k != "sdar"}
+    # outside `sdar`, every method composes to the same config (but for its OUTSIDE_SDAR keys)
+    assert _outside_sdar(job) == _with_own_outside_keys(plain("grpo")[0], method)
     assert hydra["callbacks"][VALIDATE] == {"_target_": "verl_sdar.config.ValidateOnJobStart"}
     assert job["trainer"]["v1"]["trainer_mode"] == "sdar"
     assert job["algorithm"]["adv_estimator"] == "grpo"
@@ -115,7 +128,7 @@ def test_each_method_composes_to_the_shared_settings_plus_its_own(method):
 def test_the_cli_override_of_one_shared_key_applies_to_a_method():
     with initialize_config_module("verl.trainer.config", version_base=None):
         cfg = compose("ppo_trainer", overrides=["algorithm=opsd", "sdar.privileged.key=hint"])
-    assert (cfg.sdar.objective, cfg.sdar.coef, cfg.sdar.privileged.key) == ("opsd", 1.0, "hint")
+    assert (cfg.sdar.objective, cfg.sdar.coef, cfg.sdar.privileged.key) == ("opsd", 0.01, "hint")
 
 
 def test_recipes_are_found():
@@ -139,7 +152,7 @@ def test_switching_the_method_of_a_recipe_changes_only_sdar():
     base, base_hydra = compose_recipe(path, "algorithm=grpo")
     for method in DELTAS:
         job, hydra = compose_recipe(path, f"algorithm={method}")
-        assert {k: v for k, v in job.items() if k != "sdar"} == {k: v for k, v in base.items() if k != "sdar"}
+        assert _outside_sdar(job) == _with_own_outside_keys(base, method)
         assert hydra["callbacks"] == base_hydra["callbacks"]
         assert {k: job["sdar"][k] for k in DELTAS[method]} == DELTAS[method]
 

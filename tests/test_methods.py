@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
@@ -42,6 +43,10 @@ def test_each_method_has_its_yaml_with_its_defaults(name):
 def test_each_method_has_a_docs_row_and_a_recipe(name):
     rows = re.findall(r"^\| `([a-z_0-9]+)` \|", METHOD_DOC.read_text(), flags=re.MULTILINE)
     assert name in rows, f"docs/method.md has no table row for method `{name}`"
+    # A recipe reproduces a row of the paper's tables, so only the paper's methods need one; our own
+    # variants (``paper=False``, e.g. ``opsd_rkl``) are selected with ``algorithm=<name>`` on any recipe.
+    if not METHODS[name].paper:
+        return
     selects = re.compile(rf"^\s*- algorithm: {name}\s*$", re.M)
     recipes = [p for p in (REPO / "recipes").rglob("*.yaml") if selects.search(p.read_text())]
     assert recipes, f"no recipe selects algorithm: {name}"
@@ -63,6 +68,54 @@ def test_entropy_gates_add_the_entropy_field():
     assert sdar.objective_spec.row_fields(sdar) == ("teacher_log_probs", "old_log_probs")
     assert not SDARConfig.from_dict({"objective": "rlsd"}).adds_loss_term
     assert not SDARConfig.from_dict({"objective": "none"}).needs_teacher
+
+
+def test_opsd_is_the_papers_gated_term_with_zeroed_advantages_and_opsd_rkl_is_ours():
+    from verl_sdar import methods
+
+    opsd, rkl, sdar = (OBJECTIVE_REGISTRY[name] for name in ("opsd", "opsd_rkl", "sdar"))
+    # the paper's OPSD: SDAR's gated term (same function, same gate settings) and no outcome term
+    assert opsd.loss_term is sdar.loss_term and opsd.uses_gate and opsd.loss_fields == sdar.loss_fields
+    assert opsd.transform_advantages is methods._zero_advantages and sdar.transform_advantages is None
+    assert METHODS["opsd"].defaults == {"coef": 0.01, "beta": 5.0, "gate": "gap"} and METHODS["opsd"].paper
+    # ours: reverse-KL score-function term, coef 1.0, also without the outcome term
+    assert rkl.loss_term is methods._opsd_rkl_term and not rkl.uses_gate
+    assert rkl.transform_advantages is methods._zero_advantages
+    assert METHODS["opsd_rkl"].defaults == {"coef": 1.0} and not METHODS["opsd_rkl"].paper
+    adv = torch.randn(2, 3)
+    zero, _ = methods._zero_advantages(adv, {}, torch.ones(2, 3, dtype=torch.bool), None, 0)
+    assert torch.equal(zero, torch.zeros(2, 3))
+
+
+def test_zero_advantages_make_verls_policy_loss_exactly_zero():
+    """pg coefficient 0 == A = 0 for verl's vanilla PPO loss: value and gradient exactly 0."""
+    from verl.trainer.ppo.core_algos import get_policy_loss_fn
+
+    log_prob = torch.tensor([[-1.0, -30.0, -0.5], [-2.0, -0.1, -50.0]], dtype=torch.float64, requires_grad=True)
+    old = torch.tensor([[-1.5, -0.5, -0.5], [-0.2, -60.0, -1.0]], dtype=torch.float64)
+    config = OmegaConf.create(dict(clip_ratio=0.2, clip_ratio_low=0.2, clip_ratio_high=0.2, global_batch_info={}))
+    for mode in ("token-mean", "seq-mean-token-mean"):
+        loss, _ = get_policy_loss_fn("vanilla")(
+            old_log_prob=old, log_prob=log_prob, advantages=torch.zeros_like(old),
+            response_mask=torch.ones(2, 3, dtype=torch.bool), loss_agg_mode=mode, config=config,
+        )
+        (grad,) = torch.autograd.grad(loss, log_prob)
+        assert loss.item() == 0.0 and torch.equal(grad, torch.zeros_like(grad))
+
+
+def test_the_gated_term_passes_the_divergence_through():
+    from verl_sdar.objectives import sdar_loss
+
+    student = torch.tensor([[-1.0, -2.0]], dtype=torch.float64)
+    rows = {"teacher_log_probs": torch.tensor([[-0.5, -2.5]], dtype=torch.float64)}
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    for objective in ("sdar", "opsd"):
+        for divergence in ("reverse_kl", "jsd", "forward_kl"):
+            sdar = SDARConfig.from_dict({"objective": objective, "divergence": divergence})
+            term, _ = OBJECTIVE_REGISTRY[objective].loss_term(student, rows, mask, sdar, {})
+            want, _ = sdar_loss(student, rows["teacher_log_probs"], mask, divergence=divergence)
+            assert torch.equal(term, want), (objective, divergence)
+    assert SDARConfig.from_dict({"objective": "sdar"}).divergence == "reverse_kl"
 
 
 def test_registering_twice_or_with_an_unknown_objective_fails():

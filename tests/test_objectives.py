@@ -235,6 +235,175 @@ def test_opsd_value_is_reverse_kl_estimate_and_gradient_is_score_function():
     assert metrics["gap_mean"].item() == pytest.approx(sum(GAPS) / n)
 
 
+# ------------------------------------------------------------------ Skill-SD: the reference's clamps
+
+
+def test_skill_sd_is_finite_at_extreme_inputs():
+    m = torch.ones(1, 3, dtype=torch.bool)
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        # teacher endorses far more than the student (exp(99.9) = inf unclamped); ratio e^50; both at once
+        s = torch.tensor([[-100.0, 0.0, -100.0]], dtype=dtype, requires_grad=True)
+        t = torch.tensor([[-0.1, -1.0, -0.1]], dtype=dtype)
+        old = torch.tensor([[-100.0, -50.0, -200.0]], dtype=dtype)
+        loss, metrics = obj.skill_sd_loss(s, t, old, m)
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(s.grad).all(), dtype
+        assert all(torch.isfinite(v) for v in metrics.values()), dtype
+    # at the clamps: k3 = e^20 - 1 + d (d = -99.9), rho = e^10; gradient through the unclamped parts only
+    s = torch.tensor([[-100.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([[-0.1, -1.0]], dtype=torch.float64)
+    old = torch.tensor([[-100.0, -50.0]], dtype=torch.float64)
+    loss, _ = obj.skill_sd_loss(s, t, old, torch.ones(1, 2, dtype=torch.bool))
+    k3_a, rho_a = math.exp(20.0) - 1 - 99.9, 1.0  # token a: k3 clamped, ratio e^0
+    k3_b, rho_b = math.exp(-1.0) - 1 + 1.0, math.exp(10.0)  # token b: ratio clamped, k3 not
+    assert loss.item() == pytest.approx((rho_a * k3_a + rho_b * k3_b) / 2, rel=1e-12)
+    loss.backward()
+    # d/ds (rho k3): token a: rho k3 (rho live) + rho * 1 (exp part constant); token b: rho * (1 - e^-d) (rho constant)
+    want = [(rho_a * k3_a + rho_a) / 2, rho_b * (1 - math.exp(-1.0)) / 2]
+    assert s.grad[0].tolist() == pytest.approx(want, rel=1e-12)
+
+
+def test_skill_sd_is_finite_with_non_finite_values_masked_or_inside_the_mask():
+    s = torch.tensor([[-1.0, float("-inf"), float("nan")]], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([[0.0, float("nan"), float("-inf")]], dtype=torch.float64)
+    old = torch.tensor([[float("-inf"), -1.0, float("inf")]], dtype=torch.float64)
+    m = torch.tensor([[1, 0, 0]], dtype=torch.bool)
+    loss, _ = obj.skill_sd_loss(s, t, old, m)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(s.grad).all() and s.grad[0, 1:].tolist() == [0.0, 0.0]
+    # -inf inside the mask (student or teacher gives the token zero probability): finite too
+    s2 = torch.tensor([[float("-inf"), 0.0]], dtype=torch.float32, requires_grad=True)
+    t2 = torch.tensor([[0.0, float("-inf")]], dtype=torch.float32)
+    loss2, _ = obj.skill_sd_loss(s2, t2, torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool))
+    loss2.backward()
+    assert torch.isfinite(loss2) and torch.isfinite(s2.grad).all()
+
+
+def test_skill_sd_clamps_leave_values_inside_their_range_unchanged():
+    # d = s - t = -15 (exponent 15 < 20) and s - old = 9 (< 10): exactly the unclamped formula
+    s = torch.tensor([[-15.5, -1.0]], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([[-0.5, -0.2]], dtype=torch.float64)
+    old = torch.tensor([[-16.0, -10.0]], dtype=torch.float64)
+    loss, _ = obj.skill_sd_loss(s, t, old, torch.ones(1, 2, dtype=torch.bool))
+    terms, grads = [], []
+    for sv, tv, ov in [(-15.5, -0.5, -16.0), (-1.0, -0.2, -10.0)]:
+        d, rho = sv - tv, math.exp(sv - ov)
+        k3 = math.exp(-d) - 1 + d
+        terms.append(rho * k3)
+        grads.append((rho * k3 + rho * (1 - math.exp(-d))) / 2)
+    assert loss.item() == pytest.approx(sum(terms) / 2, rel=1e-12)
+    loss.backward()
+    # rel 1e-9: the gradient of token 0 is a difference of terms ~ e^15 (rounding, not the clamp)
+    assert s.grad[0].tolist() == pytest.approx(grads, rel=1e-9)
+
+
+# ----------------------------------------------------- loss-form ablation: sdar.divergence
+
+
+def hand_divergence(kind, gap):
+    """(value phi, push weight u) of the gated term per divergence, from the formulas in the docs."""
+    if kind == "reverse_kl":
+        return gap, 1.0
+    if kind == "forward_kl":
+        r = math.exp(min(gap, obj.MAX_LOG_RATIO))  # the ratio is clamped at e^10
+        return r - 1, r
+    r = math.exp(gap)  # jsd: no clamp (computed with softplus / sigmoid, finite for any gap)
+    return 0.5 * (math.log(1 + r) - math.log(2)), 0.5 * r / (1 + r)
+
+
+@pytest.mark.parametrize("divergence", obj.DIVERGENCES)
+@pytest.mark.parametrize("kind", ["gap", "constant"])
+def test_divergence_value_and_gradient_match_hand_computation(divergence, kind):
+    s, t, m = tensors()
+    loss, metrics = obj.sdar_loss(s, t, m, beta=5.0, gate=kind, divergence=divergence)
+    gates = [hand_gate(kind, 5.0, d, None) for d in GAPS]
+    forms = [hand_divergence(divergence, d) for d in GAPS]
+    n = len(GAPS)
+    assert loss.item() == pytest.approx(sum(g * phi for g, (phi, _) in zip(gates, forms, strict=True)) / n, abs=1e-12)
+    assert metrics["gate_mean"].item() == pytest.approx(sum(gates) / n, abs=1e-12)
+    loss.backward()
+    # grad L = -Agg(g * u * grad s); exactly 0 on the padded slot (which holds -inf / nan)
+    expected = iter(-g * u / n for g, (_, u) in zip(gates, forms, strict=True))
+    for i in range(2):
+        for j in range(3):
+            assert s.grad[i, j].item() == pytest.approx(next(expected) if M[i][j] else 0.0, abs=1e-12)
+
+
+def test_divergence_hand_values_spelled_out():
+    """Gaps [0.5, -1, 0, -1, 1], constant gate 0.5, token-mean over 5 tokens."""
+    e = math.e
+    fkl, _ = obj.sdar_loss(*tensors(), gate="constant", divergence="forward_kl")
+    assert fkl.item() == pytest.approx(0.5 * ((e**0.5 - 1) + 2 * (1 / e - 1) + 0 + (e - 1)) / 5, abs=1e-12)
+    jsd, _ = obj.sdar_loss(*tensors(), gate="constant", divergence="jsd")
+    half_log = [0.5 * math.log((1 + e**d) / 2) for d in (0.5, -1.0, 0.0, -1.0, 1.0)]
+    assert jsd.item() == pytest.approx(0.5 * sum(half_log) / 5, abs=1e-12)
+    s, t, m = tensors()
+    obj.sdar_loss(s, t, m, gate="constant", divergence="jsd")[0].backward()
+    # token (0, 2): gap 0 -> u = sigmoid(0) / 2 = 1/4, gradient -0.5 * 1/4 / 5
+    assert s.grad[0, 2].item() == pytest.approx(-0.025, abs=1e-15)
+
+
+def test_reverse_kl_is_bit_identical_to_the_sdar_term():
+    for kind in ("gap", "constant", "soft_or"):
+        ent = torch.tensor(ENT, dtype=torch.float64)
+        s1, t, m = tensors()
+        s2, _, _ = tensors()
+        base, base_metrics = obj.sdar_loss(s1, t, m, beta=5.0, gate=kind, entropy=ent)
+        rkl, rkl_metrics = obj.sdar_loss(s2, t, m, beta=5.0, gate=kind, entropy=ent, divergence="reverse_kl")
+        assert torch.equal(base, rkl)
+        assert all(torch.equal(base_metrics[k], rkl_metrics[k]) for k in base_metrics)
+        base.backward()
+        rkl.backward()
+        assert torch.equal(s1.grad, s2.grad)
+    # ... and to the formula Agg(g * (t - s)) written out
+    s, t, m = tensors(dtype=torch.float32)
+    loss, _ = obj.sdar_loss(s, t, m, divergence="reverse_kl")
+    sc = torch.where(m, s.detach().nan_to_num(neginf=obj.MIN_LOG_PROB), torch.zeros_like(s))
+    tc = torch.where(m, t.nan_to_num(nan=0.0), torch.zeros_like(t))
+    g = torch.sigmoid(5.0 * (tc - sc))
+    assert torch.equal(loss.detach(), obj.aggregate(g * (tc - sc), m))
+
+
+def test_divergence_gradcheck_in_double_precision():
+    """Value and gradient agree (finite differences) whenever the gate does not move with s.
+
+    The value ``g * phi(Delta)`` has derivative ``-g * phi'(Delta) = -g * u``, the gradient the
+    surrogate gives; with the gap gate (which moves with s but is detached) they must disagree.
+    """
+    s, t, m = tensors()
+    s = s.detach().nan_to_num(neginf=-1.0).requires_grad_(True)
+    t = t.nan_to_num(nan=-1.0)
+    ent = torch.tensor(ENT, dtype=torch.float64)
+    for divergence in obj.DIVERGENCES:
+        for mode in obj.LOSS_AGG_MODES:
+            for gate in ("constant", "entropy"):
+
+                def f(x, divergence=divergence, mode=mode, gate=gate):
+                    return obj.sdar_loss(x, t, m, gate=gate, entropy=ent, divergence=divergence, loss_agg_mode=mode)[0]
+
+                assert torch.autograd.gradcheck(f, (s,)), (divergence, mode, gate)
+        with pytest.raises(GradcheckError):
+            torch.autograd.gradcheck(lambda x, d=divergence: obj.sdar_loss(x, t, m, beta=5.0, divergence=d)[0], (s,))
+
+
+@pytest.mark.parametrize("divergence", obj.DIVERGENCES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_divergence_is_finite_at_extreme_inputs(divergence, dtype):
+    # the teacher endorses a token far more / far less than the student; -inf and nan inside and outside the mask
+    s = torch.tensor([[-100.0, -0.1, float("-inf"), 0.0], [-1.0, float("nan"), float("-inf"), -3.0]], dtype=dtype)
+    t = torch.tensor([[-0.1, -100.0, 0.0, float("-inf")], [float("nan"), -1.0, -2.0, -1.0]], dtype=dtype)
+    m = torch.tensor([[1, 1, 1, 1], [0, 0, 0, 1]], dtype=torch.bool)
+    s.requires_grad_(True)
+    loss, metrics = obj.sdar_loss(s, t, m, beta=5.0, divergence=divergence)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(s.grad).all()
+    assert all(torch.isfinite(v) for v in metrics.values())
+    assert s.grad[1, :3].tolist() == [0.0, 0.0, 0.0]
+    if divergence == "forward_kl" and dtype == torch.float64:
+        # gap 99.9 -> r clamped at e^10; gate sigmoid(5 * 99.9) = 1: gradient -e^10 / 5 tokens
+        assert s.grad[0, 0].item() == pytest.approx(-math.exp(obj.MAX_LOG_RATIO) / 5)
+
+
 @pytest.mark.parametrize(
     "call, message",
     [
@@ -244,6 +413,7 @@ def test_opsd_value_is_reverse_kl_estimate_and_gradient_is_score_function():
         (lambda: obj.aggregate(torch.zeros(1, 2), torch.ones(1, 2), "mean"), "unknown loss_agg_mode"),
         (lambda: obj.sdar_loss(torch.zeros(2, 3), torch.zeros(2, 2), torch.ones(2, 3)), "shape mismatch"),
         (lambda: obj.rlsd_token_advantages(*(torch.zeros(1, 1),) * 4, mix=2.0), "mix must be in"),
+        (lambda: obj.sdar_loss(*(torch.zeros(1, 2),) * 2, torch.ones(1, 2), divergence="kl"), "unknown divergence"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(call, message):

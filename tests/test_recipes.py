@@ -15,22 +15,31 @@ from omegaconf import OmegaConf
 from verl_sdar.config import SDARConfig
 
 REPO = Path(__file__).resolve().parent.parent
-ALGORITHMS = ("grpo", "sdar", "grpo_opsd", "opsd", "rlsd", "skill_sd")
-EXPECTED = {  # objective, coef, beta (None: not applicable)
+# the GPU recipes: every method x every env, each with every policy (`policy=<name>`)
+ALGORITHMS = ("grpo", "sdar", "grpo_opsd", "opsd", "rlsd", "skill_sd", "skill_grpo")
+POLICIES = {  # policy file -> model
+    "qwen2.5_3b": "Qwen/Qwen2.5-3B-Instruct",
+    "qwen2.5_7b": "Qwen/Qwen2.5-7B-Instruct",
+    "qwen3_1.7b": "Qwen/Qwen3-1.7B",
+}
+EXPECTED = {  # objective, coef, beta (None: not applicable, or set by the method's own group)
     "grpo": ("none", None, None),
     "sdar": ("sdar", 0.01, 5.0),
     "grpo_opsd": ("sdar", 0.01, 0.0),
-    "opsd": ("opsd", 1.0, None),
+    "opsd": ("opsd", 0.01, 5.0),
     "rlsd": ("rlsd", None, None),
     "skill_sd": ("skill_sd", 0.001, None),
+    "skill_grpo": (None, None, None),
 }
-# env -> (methods, paper settings: batch, prompt, response, max steps, history, turn-row GRPO, agent loop)
+# env -> (methods, paper/reference settings: tasks per step, prompt, response per turn, max steps,
+# history, rows per PPO mini-batch, KL coefficient, lr warm-up ratio, validation size and temperature)
 ENVS = {
-    "alfworld": (ALGORITHMS, dict(batch=16, prompt=2048, response=512, steps=50, history=2, turn_rows=True)),
-    "search": (tuple(a for a in ALGORITHMS if a != "opsd"),
-               dict(batch=128, prompt=4096, response=3072, steps=4, history=4, turn_rows=False)),
-    "webshop": (tuple(a for a in ALGORITHMS if a != "opsd"),
-                dict(batch=16, prompt=4096, response=512, steps=15, history=2, turn_rows=True)),
+    "alfworld": (ALGORITHMS, dict(batch=16, prompt=2048, response=512, steps=50, history=2, rows=256, kl=0.01,
+                                  warmup=0.0, val=128, val_temperature=0.4)),
+    "search": (ALGORITHMS, dict(batch=128, prompt=4096, response=512, steps=4, history=4, rows=256, kl=0.001,
+                                warmup=0.1, val=512, val_temperature=0)),
+    "webshop": (ALGORITHMS, dict(batch=16, prompt=4096, response=512, steps=15, history=2, rows=64, kl=0.01,
+                                 warmup=0.0, val=128, val_temperature=0.4)),
 }
 CASES = [(env, algorithm) for env, (algorithms, _) in ENVS.items() for algorithm in algorithms]
 
@@ -67,6 +76,8 @@ def leaf_keys(node, prefix=""):
 def has_key(config, dotted: str) -> bool:
     node = config
     for part in dotted.split("."):
+        if OmegaConf.is_dict(node) and len(node) == 0:
+            return True  # an empty mapping in verl's config is free-form (data.apply_chat_template_kwargs)
         if not OmegaConf.is_dict(node) or part not in node.keys():  # `in` is False for ??? values
             return False
         node = node._get_node(part)
@@ -84,8 +95,8 @@ def test_every_recipe_file_is_covered_here():
     recipes = {p.relative_to(REPO / "recipes").as_posix() for p in (REPO / "recipes").rglob("*.yaml")}
     covered = {"cpu/codeword_sdar.yaml"}
     for env, (algorithms, _) in ENVS.items():
-        covered |= {f"{env}/gpu_common.yaml", f"{env}/tiny_cpu_sdar.yaml", f"{env}/policy/qwen2.5_3b.yaml",
-                    f"{env}/policy/qwen2.5_7b.yaml", *(f"{env}/{a}.yaml" for a in algorithms)}
+        covered |= {f"{env}/gpu_common.yaml", f"{env}/tiny_cpu_sdar.yaml",
+                    *(f"{env}/policy/{policy}.yaml" for policy in POLICIES), *(f"{env}/{a}.yaml" for a in algorithms)}
     assert recipes == covered
 
 
@@ -109,10 +120,10 @@ def test_recipe_keys_exist_in_verls_config():
             assert has_key(stock, key), f"{path.name}: {key} is not a verl key"
 
 
-@pytest.mark.parametrize("policy", ["qwen2.5_3b", "qwen2.5_7b"])
+@pytest.mark.parametrize("policy", sorted(POLICIES))
 @pytest.mark.parametrize("env,algorithm", CASES)
 def test_gpu_recipes_compose_with_the_paper_hyperparameters(env, algorithm, policy, monkeypatch):
-    from verl.utils.config import omega_conf_to_dataclass
+    from verl.utils.config import omega_conf_to_dataclass, validate_config
 
     monkeypatch.chdir(REPO)  # the recipes name the skill library relative to the repo root
     monkeypatch.delenv("VERL_SDAR_ROOT", raising=False)
@@ -120,15 +131,24 @@ def test_gpu_recipes_compose_with_the_paper_hyperparameters(env, algorithm, poli
     OmegaConf.resolve(cfg)
     paper = ENVS[env][1]
     a = cfg.actor_rollout_ref
-    size = policy.split("_")[1].upper()
-    assert a.model.path == f"Qwen/Qwen2.5-{size}-Instruct"
-    assert a.actor.optim.lr == 1e-6 and a.rollout.n == 8 == cfg.env.rollout.n
-    assert a.actor.clip_ratio == 0.2 and a.actor.use_kl_loss and a.actor.kl_loss_coef == 0.01
-    assert a.actor.kl_loss_type == "low_var_kl"
-    assert cfg.algorithm.adv_estimator == ("turn_row_grpo" if paper["turn_rows"] else "grpo")
+    assert a.model.path == POLICIES[policy]
+    thinking = OmegaConf.select(cfg, "data.apply_chat_template_kwargs.enable_thinking")
+    assert thinking is (False if policy.startswith("qwen3") else None)  # Qwen3: thinking off, as the reference
+    assert a.actor.optim.lr == 1e-6 and a.actor.optim.lr_warmup_steps_ratio == paper["warmup"]
+    assert a.rollout.n == 8 == cfg.env.rollout.n
+    # verl's V1 trainer multiplies ppo_mini_batch_size by rollout.n: the product is rows per mini-batch
+    assert a.actor.ppo_mini_batch_size * a.rollout.n == paper["rows"] and a.actor.ppo_epochs == 1
+    assert a.actor.clip_ratio == 0.2 and a.actor.use_kl_loss and a.actor.kl_loss_coef == paper["kl"]
+    assert a.actor.kl_loss_type == "low_var_kl" and a.actor.entropy_coeff == 0.001
+    assert cfg.algorithm.adv_estimator == "turn_row_grpo"  # one training row per turn in every env
+    if env == "search":
+        assert cfg.env.turn_rows is True
     assert cfg.data.train_batch_size == paper["batch"] and cfg.data.max_prompt_length == paper["prompt"]
     assert cfg.data.max_response_length == paper["response"]
     assert cfg.env.max_steps == paper["steps"] and cfg.env.history_length == paper["history"]
+    assert cfg.data.val_max_samples == paper["val"] == cfg.data.val_batch_size
+    assert a.rollout.val_kwargs.temperature == paper["val_temperature"]
+    assert a.rollout.val_kwargs.do_sample == (paper["val_temperature"] > 0)
     assert a.rollout.name == "vllm" and cfg.trainer.n_gpus_per_node == 8 and cfg.trainer.device == "cuda"
     assert cfg.trainer.total_training_steps == 150
     assert cfg.trainer.experiment_name == f"{env}_{algorithm}_{policy}"
@@ -136,16 +156,17 @@ def test_gpu_recipes_compose_with_the_paper_hyperparameters(env, algorithm, poli
     assert cfg.reward.custom_reward_function.path == f"pkg://verl_sdar.envs.{env}.reward"
     sdar = SDARConfig.from_config(cfg)
     objective, coef, beta = EXPECTED[algorithm]
-    assert sdar.objective == objective
+    if objective is not None:
+        assert sdar.objective == objective
     if coef is not None:
         assert sdar.coef == coef
     if beta is not None:
         assert sdar.beta == beta
-    if sdar.needs_teacher:
-        assert sdar.privileged.source == "skills" and sdar.skills.library == f"./envs/{env}/skills"
-    # verl's own typed configs accept the composed sections
+    assert sdar.privileged.source == "skills" and sdar.skills.library == f"./envs/{env}/skills"
+    # verl's own typed configs and its start-up checks accept the composed config
     omega_conf_to_dataclass(a.actor)
     omega_conf_to_dataclass(a.rollout)
+    validate_config(cfg, use_reference_policy=True, use_critic=False)
 
 
 def test_a_missing_skill_library_fails_at_job_start_naming_the_key(tmp_path, monkeypatch):

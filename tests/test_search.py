@@ -1,5 +1,7 @@
-"""Search-QA: corpus and questions, BM25 and HTTP retrieval, exact match, the agent loop (oracle,
-masking, invalid turns) and one SDAR step through verl's real main_ppo."""
+"""Search-QA: corpus and questions, BM25 and HTTP retrieval, exact match, the agent loop in both
+modes (single row per episode: oracle, masking, invalid turns; one row per turn: rows, history,
+turn cap, per-row penalty, prompt budget), the reference's task-type rule and its skills, and SDAR
+steps through verl's real main_ppo."""
 
 from __future__ import annotations
 
@@ -14,7 +16,13 @@ from agent_loop_helpers import FakeServer, make_agent_loop, run_episode
 from main_ppo_runner import by_step, run_main_ppo
 
 from verl_sdar.envs.search.corpus import build, read_jsonl
-from verl_sdar.envs.search.dataset import make_row, question_from_search_r1, rows_from_qa, rows_from_search_r1
+from verl_sdar.envs.search.dataset import (
+    make_row,
+    question_from_search_r1,
+    question_type,
+    rows_from_qa,
+    rows_from_search_r1,
+)
 from verl_sdar.envs.search.prompts import information_block, parse_action
 from verl_sdar.envs.search.retrieval import BM25Retriever, HTTPRetriever, RetrievalError, format_hits
 from verl_sdar.envs.search.reward import compute_score, exact_match, normalize_answer
@@ -179,13 +187,14 @@ def kwargs_of(question: dict) -> dict:
     return {k: row[k] for k in ("data_source", "reward_model", "extra_info", "agent_name")}
 
 
-def oracle(question: dict, corpus: dict[str, str]):
-    """Searches the title of each supporting passage, then answers from the information shown."""
+def oracle(question: dict, corpus: dict[str, str], shown_as=r"\n\n<information>(.*?)</information>"):
+    """Searches the title of each supporting passage, then answers from the information shown
+    (``shown_as``: how the documents appear in the prompt)."""
     script = [f"<think>look up {s}</think><search> {corpus[s].split(chr(10))[0]} </search>"
               for s in question["support"]]
 
     def answer(prompt_text: str) -> str:
-        shown = re.findall(r"\n\n<information>(.*?)</information>", prompt_text, re.DOTALL)
+        shown = re.findall(shown_as, prompt_text, re.DOTALL)
         assert len(shown) == len(question["support"])
         gold = question["golden_answers"][0]
         assert gold in " ".join(shown) or question["task_type"] == "comparison"
@@ -299,7 +308,8 @@ def test_dataset_rows_and_search_r1_loader(qa_dir, tmp_path):
     r1.to_parquet(tmp_path / "r1.parquet")
     loaded = rows_from_search_r1(tmp_path / "r1.parquet", "train")
     assert [r["extra_info"]["question"] for r in loaded] == ["Which is older, A or B?", "who wrote hamlet?"]
-    assert [r["extra_info"]["task_type"] for r in loaded] == ["comparison", "direct_lookup"]
+    # the reference's rule: hotpotqa is multi-hop whatever the wording; nq direct
+    assert [r["extra_info"]["task_type"] for r in loaded] == ["multi_hop", "direct_lookup"]
     assert loaded[1]["reward_model"]["ground_truth"]["target"] == ["Shakespeare"]
     with pytest.raises(ValueError, match="Question:"):
         question_from_search_r1({"prompt": [{"role": "user", "content": "no marker"}]})
@@ -310,9 +320,255 @@ def test_skill_library_covers_every_question_type():
     from verl_sdar.skills import SkillLibrary
 
     library = SkillLibrary.load(REPO / "envs" / "search" / "skills")
-    assert set(library.task_skills) == set(TASK_TYPES)
+    assert set(library.task_skills) == set(TASK_TYPES) | {"entity_attribute"}
     question = "What is the capital of the country whose people are called Peruvian?"
     assert library.infer_task_type(question) == "multi_hop"
+
+
+# ----------------------------------------------------------------------------- task types (the reference's rule)
+@pytest.mark.parametrize(
+    "question, source, own, expected",
+    [
+        # 1-3: the sources decided before the wording (even a "which ... or" question)
+        ("What is George Rankin's occupation?", "popqa", None, "entity_attribute"),
+        ("Which city was X born in, Rome or Paris?", "PopQA", None, "entity_attribute"),
+        ("who wrote hamlet?", "nq", None, "direct_lookup"),
+        ("Which planet is bigger, Mars or Venus?", "triviaqa", None, "direct_lookup"),
+        ("Which is older, A or B?", "hotpotqa", None, "multi_hop"),
+        # 4: "which" and "or" and no "for" (whole words, any case) -> comparison, before 5
+        ("Which film came out first, Alpha or Beta?", "2wikimultihopqa", None, "comparison"),
+        ("WHICH band formed earlier, X OR Y?", "musique", None, "comparison"),
+        ("Which team played for longer, X or Y?", "2wikimultihopqa", None, "multi_hop"),      # "for": no
+        ("Which country is Lima in?", "bamboogle", None, "multi_hop"),                         # no "or"
+        ("Who was older, X or Y?", "musique", None, "multi_hop"),                             # no "which"
+        ("Which world record is the oldest?", "some_set", None, "general"),                   # "or" in "world" only
+        ("Which performer sang, X or Y?", "some_set", None, "comparison"),                    # "for" in a word only
+        # 5: multi-hop sources
+        ("Who is the father of the director of film X?", "2wikimultihopqa", None, "multi_hop"),
+        ("When was the founder of X born?", "musique", None, "multi_hop"),
+        ("Who was president when X was founded?", "bamboogle", None, "multi_hop"),
+        # 6: anything else: the set's own type when it has one, else general only
+        ("What is the capital of Peru?", "countryinfo", "direct_lookup", "direct_lookup"),
+        ("What are the people of the country whose capital is Lima called?", "countryinfo", "multi_hop", "multi_hop"),
+        ("Which country has the larger population, Peru or Chile?", "countryinfo", "comparison", "comparison"),
+        ("Which country is larger by area, Peru or Chile?", "countryinfo", "multi_hop", "comparison"),  # rule applies
+        ("Who wrote it?", "unknown_source", None, "general"),
+    ],
+)
+def test_task_type_rule_of_the_reference(question, source, own, expected):
+    assert question_type(question, source, own) == expected
+
+
+def test_every_task_type_retrieves_its_skill_and_general_gets_general_skills_only(tmp_path):
+    import pandas as pd
+
+    from verl_sdar.skills import SkillLibrary, make_retriever
+
+    r1 = pd.DataFrame([
+        {"data_source": source, "question": question, "prompt": [{"role": "user", "content": "Question: x"}],
+         "reward_model": {"style": "rule", "ground_truth": {"target": ["a"]}}}
+        for source, question in [("popqa", "What is X's occupation?"), ("nq", "who wrote hamlet?"),
+                                 ("hotpotqa", "Which is older, A or B?"), ("bamboogle", "Which is older, A or B?"),
+                                 ("musique", "Who founded X?"), ("webq", "where is X?")]
+    ])
+    r1.to_parquet(tmp_path / "r1.parquet")
+    rows = rows_from_search_r1(tmp_path / "r1.parquet", "train")
+    types = [r["extra_info"]["task_type"] for r in rows]
+    assert types == ["entity_attribute", "direct_lookup", "multi_hop", "comparison", "multi_hop", "general"]
+    library = SkillLibrary.load(REPO / "envs" / "search" / "skills")
+    retriever = make_retriever("task_type", library)
+    general = tuple(s.skill_id for s in library.general)
+    got = [retriever.retrieve(task_type=t).skill_ids for t in types]
+    assert got[0] == (*general, "task_types/entity_attribute.md")
+    assert got[1] == (*general, "task_types/direct_lookup.md")
+    assert got[2] == got[4] == (*general, "task_types/multi_hop.md")
+    assert got[3] == (*general, "task_types/comparison.md")
+    assert got[5] == general and dict(retriever.unknown) == {"general": 1}
+    assert "occupation" in library.task_skills["entity_attribute"].text
+
+
+# ----------------------------------------------------------------------------- one row per turn
+def make_turn_loop(tokenizer, server, qa_dir, max_steps=4, history_length=4, response_length=512,
+                   prompt_length=4096, **env):
+    from verl_sdar.envs.search.agent_loop import SearchAgentLoop
+
+    env = {"turn_rows": True, "max_steps": max_steps, "history_length": history_length,
+           "retriever": {"corpus_path": str(qa_dir / "corpus.jsonl"), "topk": 3}, **env}
+    return make_agent_loop(SearchAgentLoop, tokenizer, server, env, response_length=response_length,
+                           prompt_length=prompt_length)
+
+
+def prompt_texts(tokenizer, server) -> list[str]:
+    return [tokenizer.decode(p) for p in server.prompts]
+
+
+def test_turn_rows_are_selected_by_env_turn_rows_or_the_agent_loop_entry(tokenizer, qa_dir):
+    """verl instantiates the `search` entry with hydra; the key picks the class, rows stay `search`."""
+    import hydra
+    from omegaconf import OmegaConf
+    from verl.experimental.agent_loop.agent_loop import DictConfigWrap
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    from verl_sdar.envs.hydra_callback import AGENT_LOOPS
+    from verl_sdar.envs.search.agent_loop import SearchAgentLoop
+    from verl_sdar.envs.search.turn_agent_loop import SearchTurnAgentLoop
+
+    entry = next(e for e in AGENT_LOOPS if e["name"] == "search")
+
+    async def build(env: dict, **extra):
+        config = OmegaConf.create({"actor_rollout_ref": {"rollout": {"prompt_length": 4096, "response_length": 512}},
+                                   "data": {}, "env": {"retriever": {"corpus_path": str(qa_dir / "corpus.jsonl")},
+                                                       **env}})
+        return hydra.utils.instantiate(
+            {**entry, **extra}, trainer_config=DictConfigWrap(config), server_manager=None, tokenizer=tokenizer,
+            processor=None, dataset_cls=RLHFDataset, data_config=DictConfigWrap(config.data))
+
+    import asyncio
+
+    turn = asyncio.run(build({"turn_rows": True}))
+    assert type(turn) is SearchTurnAgentLoop and turn.max_steps == 4 and turn.history_length == 4
+    assert turn.penalty == 0.01 and turn.prompt_length == 4096
+    assert type(asyncio.run(build({}))) is SearchAgentLoop                  # default: one row per episode
+    assert type(asyncio.run(build({"turn_rows": False}))) is SearchAgentLoop
+    assert type(asyncio.run(build({}, turn_rows=True))) is SearchTurnAgentLoop  # key in the loop's entry
+    assert type(asyncio.run(build({"turn_rows": True}, turn_rows=False))) is SearchAgentLoop
+    # turn rows show history_length turns: a history shorter than max_steps is allowed there
+    assert asyncio.run(build({"turn_rows": True, "history_length": 2})).history_length == 2
+
+
+def test_turn_rows_oracle_one_row_per_turn_won_on_every_row(tokenizer, qa_dir):
+    corpus = {d["id"]: d["contents"] for d in read_jsonl(qa_dir / "corpus.jsonl")}
+    per_type = {}
+    for q in read_jsonl(qa_dir / "test.jsonl"):
+        per_type.setdefault(q["task_type"], q)
+    for task_type, q in sorted(per_type.items()):
+        server = FakeServer(tokenizer, oracle(q, corpus, shown_as=r"</search>\n<information>(.*?)</information>"))
+        rows = run_episode(lambda server=server: make_turn_loop(tokenizer, server, qa_dir), **kwargs_of(q))
+        n = len(q["support"]) + 1
+        assert isinstance(rows, list) and len(rows) == n == len(server.prompts)
+        texts = prompt_texts(tokenizer, server)
+        for i, (row, text) in enumerate(zip(rows, texts, strict=True)):
+            f = row.extra_fields
+            assert f["turn"] == i and f["valid"] and f["invalid_action_penalty"] == 0.0 and f["invalid_reason"] == ""
+            assert f["won"] and f["answer"] == q["golden_answers"][0] and f["task_type"] == task_type
+            assert f["searches"] == n - 1 and f["invalid_turns"] == 0 and f["episode_steps"] == n
+            assert f["reward_extra_info"] == {} and f["env_error"] == ""
+            assert row.prompt_ids == server.prompts[i]                   # the row's prompt is what was asked
+            assert row.response_mask == [1] * len(row.response_ids) == [1] * len(row.response_logprobs)
+            assert q["question"] in text and text.count("\n<information>") == i  # every earlier turn shown
+            response = tokenizer.decode(row.response_ids, skip_special_tokens=True)
+            assert response.rstrip().endswith("</search>" if i < n - 1 else "</answer>")  # the rest was cut
+        assert rows[-1].extra_fields["action"] == f"<answer> {q['golden_answers'][0]} </answer>"
+        assert rows[0].extra_fields["action"].startswith("<search> ")
+        # verl scores the last row (EM) and copies the score to the earlier ones
+        last = {**kwargs_of(q)["extra_info"], **rows[-1].extra_fields}
+        assert compute_score("countryinfo", "", {"target": q["golden_answers"]}, last)["score"] == 1.0
+        assert "temperature" in server.sampling_params[0]
+
+
+def test_turn_rows_invalid_turns_penalised_per_row_and_the_turn_cap(tokenizer, qa_dir):
+    from verl_sdar.advantages import penalise_rewards, row_penalties
+
+    q = read_jsonl(qa_dir / "test.jsonl")[0]
+    script = ["I do not know", "<think>x</think><search> capital of Peru </search> then more",
+              "<answer>  </answer>", "<search> Chile </search>", "<answer> never asked </answer>"]
+    server = FakeServer(tokenizer, script)
+    rows = run_episode(lambda: make_turn_loop(tokenizer, server, qa_dir), **kwargs_of(q))
+    assert len(rows) == 4 == len(server.prompts)                          # env.max_steps turns, no more
+    assert [r.extra_fields["valid"] for r in rows] == [False, True, False, True]
+    assert [r.extra_fields["invalid_action_penalty"] for r in rows] == [0.01, 0.0, 0.01, 0.0]
+    assert rows[0].extra_fields["invalid_reason"] == "no <search> or <answer> block"
+    assert rows[2].extra_fields["invalid_reason"] == "empty <answer> block"
+    for r in rows:  # episode fields on every row
+        f = r.extra_fields
+        assert not f["won"] and f["answer"] is None and f["invalid_turns"] == 2 and f["searches"] == 2
+    texts = prompt_texts(tokenizer, server)
+    assert "Invalid action" in texts[1] and "Turn 1: (no valid action: no <search> or <answer> block)" in texts[1]
+    assert "Turn 2: <search> capital of Peru </search>" in texts[2] and "Peru (geography)" in texts[2]
+    assert "last turn" in texts[3] and "last turn" not in texts[2]
+    assert "then more" not in tokenizer.decode(rows[1].response_ids)      # cut after </search>
+    assert "then more" not in texts[2]  # what follows an action is never shown either
+    # what the trainer trains on: EM (0, copied to every row) minus each row's own penalty
+    score = compute_score("countryinfo", "", {"target": q["golden_answers"]},
+                          {**kwargs_of(q)["extra_info"], **rows[-1].extra_fields})["score"]
+    trained = penalise_rewards([torch.tensor([0.0, score]) for _ in rows],
+                               row_penalties([r.extra_fields for r in rows]))
+    assert [round(float(t.sum()), 6) for t in trained] == [-0.01, 0.0, -0.01, 0.0]
+
+
+def test_turn_rows_show_the_last_history_length_turns(tokenizer, qa_dir):
+    q = read_jsonl(qa_dir / "test.jsonl")[0]
+    queries = ["Peru capital", "Chile capital", "Brazil capital", "France capital", "Japan capital"]
+    server = FakeServer(tokenizer, [f"<search> {x} </search>" for x in queries] + ["<answer> Lima </answer>"])
+    rows = run_episode(lambda: make_turn_loop(tokenizer, server, qa_dir, max_steps=6), **kwargs_of(q))
+    assert len(rows) == 6
+    texts = prompt_texts(tokenizer, server)
+    # turn 5's prompt: all 4 earlier turns; turn 6's: turns 2-5, turn 1 left out
+    assert all(f"Turn {i}: <search> {queries[i - 1]} </search>" in texts[4] for i in range(1, 5))
+    assert "Turn 1:" not in texts[5] and "Peru capital" not in texts[5]
+    assert all(f"Turn {i}: <search> {queries[i - 1]} </search>" in texts[5] for i in range(2, 6))
+    assert texts[5].count("\n<information>") == 4 and "taken 5 turn(s)" in texts[5]
+    server2 = FakeServer(tokenizer, [f"<search> {x} </search>" for x in queries[:3]])
+    run_episode(lambda: make_turn_loop(tokenizer, server2, qa_dir, history_length=2), **kwargs_of(q))
+    last = prompt_texts(tokenizer, server2)[3]
+    assert "Turn 1:" not in last and "Turn 2: <search> Chile capital" in last and last.count("\n<information>") == 2
+
+
+def test_turn_prompt_never_exceeds_the_budget(tokenizer, qa_dir):
+    from verl_sdar.envs.search.prompts import search_turn, turn_prompt
+
+    q = read_jsonl(qa_dir / "test.jsonl")[0]
+    queries = ["Peru", "Chile", "Brazil"]
+
+    async def length(text):  # a prompt's length through the chat template
+        loop = make_turn_loop(tokenizer, FakeServer(tokenizer, []), qa_dir)
+        return len(await loop._render_whole(text))
+
+    import asyncio
+
+    bare = asyncio.run(length(turn_prompt(q["question"], [], 4, 4)))
+    # turn 4 showing only turn 3 with empty documents, plus room for a fraction of one turn's documents
+    budget = asyncio.run(length(turn_prompt(q["question"], [search_turn(x, "") for x in queries], 4, 4, shown=1))) + 40
+    server = FakeServer(tokenizer, [f"<search> {x} </search>" for x in queries])
+    rows = run_episode(lambda: make_turn_loop(tokenizer, server, qa_dir, prompt_length=budget), **kwargs_of(q))
+    assert len(rows) == 4
+    texts = prompt_texts(tokenizer, server)
+    for row, ids, text in zip(rows, server.prompts, texts, strict=True):
+        assert len(ids) <= budget and len(row.prompt_ids) <= budget
+        assert q["question"] in text
+    # the newest turn is kept (shortened), older ones are dropped first
+    assert "Turn 3: <search> Brazil </search>" in texts[3] and "Turn 1:" not in texts[3]
+    assert "[...]" in texts[3]
+    # a question too long for the budget is shortened; instructions that alone do not fit are an error
+    long_q = dict(q, question=q["question"] + " and" * 400)
+    server = FakeServer(tokenizer, ["<answer> x </answer>"])
+    run_episode(lambda: make_turn_loop(tokenizer, server, qa_dir, prompt_length=budget), **kwargs_of(long_q))
+    assert len(server.prompts[0]) <= budget
+    with pytest.raises(ValueError, match="prompt budget"):
+        run_episode(lambda: make_turn_loop(tokenizer, FakeServer(tokenizer, []), qa_dir, prompt_length=bare // 2),
+                    **kwargs_of(q))
+
+
+def test_turn_rows_student_prefix_hook_and_retrieval_failure(tokenizer, qa_dir):
+    class Down:
+        def search(self, queries, topk):
+            raise RetrievalError("server down")
+
+    q = read_jsonl(qa_dir / "test.jsonl")[0]
+    server = FakeServer(tokenizer, ["<search> x </search>", f"<answer>{q['golden_answers'][0]}</answer>"])
+
+    def make():
+        loop = make_turn_loop(tokenizer, server, qa_dir)
+        loop.retriever = Down()
+        loop.student_prefix = lambda extra_info, question: f"SKILL FOR {extra_info['task_type']}\n\n"
+        return loop
+
+    rows = run_episode(make, **kwargs_of(q))
+    texts = prompt_texts(tokenizer, server)
+    assert all(f"user\nSKILL FOR {q['task_type']}\n\nYou answer a question" in t for t in texts)
+    assert "Search failed (RetrievalError)" in texts[1] and rows[1].extra_fields["won"]
+    assert rows[0].extra_fields["env_error"].startswith("retrieval failed: RetrievalError")
+    assert rows[1].extra_fields["env_error"] == ""
 
 
 # ----------------------------------------------------------------------------- main_ppo on CPU
@@ -342,3 +598,31 @@ def test_one_sdar_step_through_main_ppo(tmp_path, qa_dir):
     assert step["sdar/rows_with_privileged"] == 1.0 and step["sdar/gate_mean"] == step["sdar/gate_mean"]
     assert step["sdar/skills/unknown_task_type_rows"] == 0.0
     assert any(k.startswith("sdar/task_type/") for k in step)
+
+
+def test_one_sdar_step_with_turn_rows_through_main_ppo(tmp_path, qa_dir):
+    """The paper's setup through verl's real main_ppo on CPU: one row per turn (``env.turn_rows``),
+    turn-row GRPO, validation before one SDAR step, skills by the rows' task type."""
+
+    from verl_sdar.envs.search.dataset import write
+    from verl_sdar.tiny_model import build_tiny_model
+
+    build_tiny_model(tmp_path / "tiny-model", seed=0)
+    (tmp_path / "search-qa").symlink_to(qa_dir)
+    write({"train": rows_from_qa(qa_dir / "train.jsonl", "train", 8),
+           "val": rows_from_qa(qa_dir / "test.jsonl", "test", 6)},
+          tmp_path / "search")
+    records = run_main_ppo(
+        tmp_path, "search/tiny_cpu_sdar",
+        "trainer.total_training_steps=1", "trainer.val_before_train=true", "data.shuffle=false",
+        "++env.turn_rows=true", "algorithm.adv_estimator=turn_row_grpo",
+        "data.max_prompt_length=1024", "data.max_response_length=48", "env.max_steps=2", "env.history_length=2",
+        "sdar.privileged.source=skills", f"sdar.skills.library={REPO / 'envs' / 'search' / 'skills'}",
+        log_name="turn_rows", timeout=420,
+    )
+    merged = by_step(records)
+    val, step = merged[0], merged[1]
+    assert any(k.startswith("val-core/countryinfo/success/") for k in val), sorted(val)
+    assert step["episode/episodes"] == 4 and 0.0 <= step["episode/success_rate"] <= 1.0
+    assert step["sdar/rows_with_privileged"] == 1.0 and step["sdar/gate_mean"] == step["sdar/gate_mean"]
+    assert step["sdar/skills/unknown_task_type_rows"] == 0.0

@@ -367,3 +367,186 @@ def test_shipped_alfworld_library_covers_the_six_task_types_and_infers_from_goal
     }
     for goal, task_type in goals.items():
         assert lib.infer_task_type(goal) == task_type, goal
+
+
+# ----------------------------------------------------------------------------- keyword_any
+def test_keyword_any_gives_every_matched_task_types_skill_in_mapping_order(library):
+    r = make_retriever("keyword_any", library)
+    got = r.retrieve(prompt="A fruit, then an ANIMAL.", task_type="color")  # the given task type is ignored
+    assert got.skill_ids == (*GENERAL_IDS, "task_types/animal.md", "task_types/fruit.md")
+    assert got.task_types == ("animal", "fruit") and got.task_type is None
+    assert got.text == compose([library.skill(i) for i in got.skill_ids])
+    one = r.retrieve(prompt="name a colour")
+    assert one.task_types == ("color",) and one.task_type == "color"
+    assert r.retrieve(prompt="fruitful talk").skill_ids == GENERAL_IDS  # whole words only
+    assert r.unknown == {None: 1}
+    with pytest.raises(TypeError, match="needs the row's prompt text"):
+        r.retrieve(task_type="color")
+
+
+def test_keyword_any_lists_a_shared_skill_file_once(tmp_path):
+    mapping = "task_types:\n  color: shared.md\n  colour: shared.md\n  fruit: fruit.md\n" + (
+        "keywords:\n  red: color\n  blue: colour\n  apple: fruit\n"
+    )
+    lib = SkillLibrary.load(write_library(tmp_path, mapping, task_types={"shared.md": "x", "fruit.md": "y"}))
+    got = make_retriever("keyword_any", lib).retrieve(prompt="red, blue and an apple")
+    assert got.task_types == ("color", "colour", "fruit")
+    assert got.skill_ids == (*GENERAL_IDS, "task_types/shared.md", "task_types/fruit.md")
+
+
+def test_shipped_webshop_library_keyword_any_finds_exactly_each_goals_category(tmp_path):
+    """The reference's WebShop rule on our generated goals: every category with a keyword in the goal
+    contributes its skill; our keywords are the product types, so each goal gets its own category."""
+    from verl_sdar.envs.webshop.catalogue import build
+
+    build(tmp_path, n_products=3000, n_train=500, n_test=100, seed=0)
+    lib = SkillLibrary.load(REPO / "envs" / "webshop" / "skills")
+    r = make_retriever("keyword_any", lib)
+    goals = [json.loads(line) for name in ("goals_train.jsonl", "goals_test.jsonl")
+             for line in (tmp_path / name).read_text().splitlines()]
+    assert len(goals) == 600
+    for goal in goals:
+        got = r.retrieve(prompt=goal["instruction_text"])
+        assert got.task_types == (goal["category"],), goal["instruction_text"]
+        assert got.skill_ids[-1] == lib.task_skills[goal["category"]].skill_id
+    assert not r.unknown
+
+
+# ------------------------------------------------------------------ the authors' layout (skill_mapping.json)
+REF_GENERAL = "  Always read the whole observation first.\nThen act.\n\n"  # stripped when read, like the reference
+ALFWORLD_REF = {  # the reference's ALFWorld task-type keys (substrings of ALFWorld game paths)
+    "pick_and_place": "Find the object, take it, go to the target, put it.",
+    "pick_clean_then_place": "Clean the object in a sinkbasin before placing it.",
+    "pick_heat_then_place": "Heat the object with a microwave before placing it.",
+    "pick_cool_then_place": "Cool the object with a fridge before placing it.",
+    "look_at_obj_in_light": "Take the object to a desklamp and use the lamp.",
+    "pick_two_obj": "Place the first object, then find the second one.",
+}
+WEBSHOP_REF = {t: f"Shopping advice for {t} goods." for t in ("fashion", "beauty", "electronics", "grocery", "home",
+                                                             "sports")}
+SEARCH_REF = {t: f"Search advice for {t} questions." for t in ("direct_lookup", "multi_hop", "comparison")}
+
+
+def write_reference_library(root: Path, skills: dict, task_keywords=None, general=REF_GENERAL, extra=None) -> Path:
+    """A folder in the authors' layout: skill_mapping.json + one markdown file per skill (made-up texts)."""
+    root.mkdir(parents=True, exist_ok=True)
+    skill_files, task_to_skill = {}, {}
+    if general is not None:
+        skill_files["general_skills"] = "general_skills.md"
+        (root / "general_skills.md").write_text(general)
+    for task_type, text in skills.items():
+        name = f"{task_type}_skill"
+        skill_files[name] = f"{name}.md"
+        (root / f"{name}.md").write_text(text + "\n")
+        task_to_skill[task_type] = name
+    mapping = {"skill_files": skill_files, "task_to_skill": task_to_skill}
+    if task_keywords is not None:
+        mapping["task_keywords"] = task_keywords
+    mapping.update(extra or {})
+    (root / "skill_mapping.json").write_text(json.dumps(mapping, indent=2))
+    return root
+
+
+def reference_text(*skill_texts, general=REF_GENERAL):
+    """The reference's composition: "\\n\\n".join([general, *task skills]), texts stripped."""
+    return "\n\n".join([general.strip() if general is not None else "", *[t.strip() for t in skill_texts]])
+
+
+def test_reference_layout_alfworld_our_task_type_names_select_the_references_skill(tmp_path):
+    from verl_sdar.envs.alfworld.play import TASK_TYPES
+
+    lib = SkillLibrary.load(write_reference_library(tmp_path / "alfworld", ALFWORLD_REF))
+    assert lib.layout == "reference" and [s.name for s in lib.general] == ["general_skills"]
+    r = make_retriever("task_type", lib)
+    ours_to_ref = {
+        "pick_and_place_simple": "pick_and_place",
+        "pick_clean_then_place_in_recep": "pick_clean_then_place",
+        "pick_heat_then_place_in_recep": "pick_heat_then_place",
+        "pick_cool_then_place_in_recep": "pick_cool_then_place",
+        "look_at_obj_in_light": "look_at_obj_in_light",
+        "pick_two_obj_and_place": "pick_two_obj",
+    }
+    assert set(ours_to_ref) == set(TASK_TYPES)
+    for ours, ref in ours_to_ref.items():
+        got = r.retrieve(task_type=ours)
+        assert got.text == reference_text(ALFWORLD_REF[ref]), ours
+        assert got.task_type == ref
+        # a game path holds the task type too, as in the reference's own lookup
+        assert lib.resolve_task_type(f"/data/json_2.1.1/train/{ours}-Mug-None-Fridge-1/trial_T1/game.tw-pddl") == ref
+    assert r.retrieve(task_type="unknown_type").text == reference_text()
+    assert r.unknown == {"unknown_type": 1}
+
+
+def test_reference_layout_webshop_and_search_task_types(tmp_path):
+    for name, skills in (("webshop", WEBSHOP_REF), ("search", SEARCH_REF)):
+        lib = SkillLibrary.load(write_reference_library(tmp_path / name, skills))
+        r = make_retriever("task_type", lib)
+        for task_type, text in skills.items():
+            assert r.retrieve(task_type=task_type).text == reference_text(text), (name, task_type)
+        assert not r.unknown
+
+
+def test_reference_layout_keyword_rule_uses_task_keywords(tmp_path):
+    keywords = {"fashion": ["t-shirt", "jeans"], "beauty": ["shampoo"], "grocery": ["tea", "coffee"]}
+    lib = SkillLibrary.load(write_reference_library(tmp_path / "webshop", WEBSHOP_REF, task_keywords=keywords))
+    r = make_retriever("keyword_any", lib)
+    # every task type with a keyword in the text, in task_keywords order; general once
+    got = r.retrieve(prompt="I want a SHAMPOO and a cotton T-Shirt")
+    assert got.text == reference_text(WEBSHOP_REF["fashion"], WEBSHOP_REF["beauty"])
+    assert got.task_types == ("fashion", "beauty")
+    # the reference's matching: plain substrings of the lower-cased text ("tea" inside "steak")
+    assert r.retrieve(prompt="a steak knife").text == reference_text(WEBSHOP_REF["grocery"])
+    assert r.retrieve(prompt="a desk lamp").text == reference_text()  # none: general only
+    assert lib.infer_task_type("jeans or tea?") == "fashion"  # keyword: the first matching task type
+    assert make_retriever("keyword", lib).retrieve(prompt="some coffee").text == reference_text(WEBSHOP_REF["grocery"])
+
+
+def test_reference_layout_full_and_missing_general(tmp_path):
+    lib = SkillLibrary.load(write_reference_library(tmp_path / "a", SEARCH_REF))
+    assert make_retriever("full", lib).retrieve().text == reference_text(*SEARCH_REF.values())
+    no_general = SkillLibrary.load(write_reference_library(tmp_path / "b", SEARCH_REF, general=None))
+    # the reference joins [general_skills or "", skill]: a missing general skill leaves a leading blank line
+    got = make_retriever("task_type", no_general).retrieve(task_type="multi_hop")
+    assert got.text == "\n\n" + SEARCH_REF["multi_hop"]
+    assert make_retriever("task_type", no_general).retrieve(task_type=None).text == ""
+
+
+def test_reference_layout_ucb_and_random_choose_among_its_skills(tmp_path):
+    lib = SkillLibrary.load(write_reference_library(tmp_path, SEARCH_REF))
+    assert [s.name for s in lib.arms] == [f"{t}_skill" for t in SEARCH_REF]
+    ucb = make_retriever("ucb", lib)
+    first = ucb.retrieve(task_type="comparison")
+    assert first.text == reference_text(SEARCH_REF["comparison"])
+    ucb.update(first, 1.0)
+    assert isinstance(make_retriever("random", lib).retrieve(), Retrieval)
+
+
+def test_reference_layout_validation(tmp_path):
+    def load(**kwargs):
+        return SkillLibrary.load(write_reference_library(tmp_path / "lib", SEARCH_REF, **kwargs))
+
+    with pytest.raises(SkillLibraryError, match=r"task_keywords\.plant: task type is not in task_to_skill"):
+        load(task_keywords={"plant": ["tree"]})
+    with pytest.raises(SkillLibraryError, match="expected a list of non-empty strings"):
+        load(task_keywords={"comparison": "larger"})
+    with pytest.raises(SkillLibraryError, match=r"task_to_skill\.x names skill 'nope'"):
+        load(extra={"task_to_skill": {"x": "nope"}})
+    with pytest.raises(SkillLibraryError, match="outside the library folder"):
+        load(extra={"skill_files": {"general_skills": "../elsewhere.md"}, "task_to_skill": {}})
+    with pytest.raises(SkillLibraryError, match="is already the file of skill 'a'"):
+        load(extra={"skill_files": {"a": "general_skills.md", "b": "general_skills.md"}, "task_to_skill": {}})
+    lib = load(extra={"notes": "ignored, as the reference ignores it"})
+    (lib.root / "comparison_skill.md").write_text(" \n")
+    with pytest.raises(SkillLibraryError, match="comparison_skill.md: skill file is empty"):
+        SkillLibrary.load(lib.root)
+    (lib.root / "comparison_skill.md").unlink()
+    with pytest.raises(SkillLibraryError, match=r"skill_files\.comparison_skill: skill file .* does not exist"):
+        SkillLibrary.load(lib.root)
+    both = write_library(tmp_path / "both")
+    (both / "skill_mapping.json").write_text("{}")
+    with pytest.raises(SkillLibraryError, match="holds both mapping.yaml .* and skill_mapping.json"):
+        SkillLibrary.load(both)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "skill_mapping.json").write_text("{not json")
+    with pytest.raises(SkillLibraryError, match="not valid JSON"):
+        SkillLibrary.load(tmp_path / "bad")

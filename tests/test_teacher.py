@@ -148,3 +148,176 @@ def test_before_last_user_keeps_a_default_system_prompt_first(tokenizer):
         tokenize=False, add_generation_prompt=True,
     )
     assert tok.decode(rows.prompts[0].tolist()) == rendered
+
+
+# ------------------------------------------------------------ Qwen2.5 / Qwen3-shaped chat templates
+# Same shape as the real templates (ChatML turns; the first message, if a system one, is the system
+# turn; later system messages are turns of their own), without their tool and reasoning branches.
+_TURNS = (
+    "{%- for m in messages %}"
+    "{%- if m['role'] == 'user' or m['role'] == 'assistant' or (m['role'] == 'system' and not loop.first) %}"
+    "{{- '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}{%- endfor %}"
+)
+_FIRST_SYSTEM = "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+QWEN25_TEMPLATE = (  # a default system turn when the conversation has none
+    "{%- if messages[0]['role'] == 'system' %}" + _FIRST_SYSTEM + "{%- else %}"
+    "{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}"
+    "{%- endif %}" + _TURNS + "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+QWEN3_TEMPLATE = (  # no default system turn
+    "{%- if messages[0]['role'] == 'system' %}" + _FIRST_SYSTEM + "{%- endif %}" + _TURNS
+    + "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}"
+)
+SKILL = "Clean objects in the sinkbasin before placing them."
+
+
+def with_template(tokenizer, template):
+    import copy
+
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = template
+    return tok
+
+
+@pytest.mark.parametrize("template", ["qwen2.5", "qwen3", "chatml"])
+@pytest.mark.parametrize("role", ["system", "user"])
+def test_start_placement_equals_the_templates_rendering_of_block_then_messages(tokenizer, template, role):
+    """``start``: the teacher prompt is what the template renders for [block, *messages]. With a
+    Qwen2.5-style default system turn, a system block takes its place (the template drops the default
+    when the first message is a system one) and a user block goes after it."""
+    from verl_sdar.teacher import TeacherBuilder
+
+    templates = {"qwen2.5": QWEN25_TEMPLATE, "qwen3": QWEN3_TEMPLATE, "chatml": tokenizer.chat_template}
+    tok = with_template(tokenizer, templates[template])
+    student = torch.tensor(chat_ids(tok, HISTORY))
+    response = torch.tensor(tok.encode("<action>take mug 1</action>", add_special_tokens=False))
+    builder = TeacherBuilder(tok, header="Skill: ", role=role, placement="start")
+    rows = builder.build([student], [response], [SKILL])
+    expected = chat_ids(tok, [{"role": role, "content": "Skill: " + SKILL}] + HISTORY)
+    assert rows.prompts[0].tolist() == expected
+    assert rows.input_ids[0][-len(response) :].tolist() == response.tolist()
+    default = "You are Qwen, created by Alibaba Cloud."
+    teacher_text = tok.decode(rows.prompts[0].tolist())
+    if template == "qwen2.5" and role == "system":
+        assert builder.blocks.replaces_default and rows.replaced_tokens == [len(builder.blocks.default_turn)]
+        assert default not in teacher_text and teacher_text.count("<|im_start|>system") == 1
+    else:
+        assert rows.replaced_tokens == [0]
+        assert teacher_text.count(default) == (template == "qwen2.5")
+    # the block is tokenised once and never contains a default system turn
+    assert default not in tok.decode(builder.blocks("other skill"))
+
+
+def test_start_placement_keeps_the_prompts_own_system_turn_after_the_block(tokenizer):
+    tok = with_template(tokenizer, QWEN25_TEMPLATE)
+    own = [{"role": "system", "content": "You play ALFWorld."}] + HISTORY
+    student = torch.tensor(chat_ids(tok, own))
+    blocks = PrivilegedBlocks(tok, header="Skill: ")
+    rows = splice(blocks, student, SKILL, torch.tensor([3]))
+    assert rows.prompts[0].tolist() == chat_ids(tok, [{"role": "system", "content": "Skill: " + SKILL}] + own)
+    assert rows.replaced_tokens == [0]
+
+
+@pytest.mark.parametrize("role", ["system", "user"])
+def test_before_last_user_block_never_carries_the_default_system_turn(tokenizer, role):
+    tok = with_template(tokenizer, QWEN25_TEMPLATE)
+    student = torch.tensor(chat_ids(tok, HISTORY))
+    blocks = PrivilegedBlocks(tok, header="Skill: ", role=role, placement="before_last_user")
+    rows = splice(blocks, student, SKILL, torch.tensor([3]))
+    skill = {"role": role, "content": "Skill: " + SKILL}
+    assert rows.prompts[0].tolist() == chat_ids(tok, HISTORY[:2] + [skill] + HISTORY[2:])
+
+
+def test_budget_counts_the_replaced_default_turn(tokenizer):
+    from verl_sdar.teacher import TeacherBuilder
+
+    tok = with_template(tokenizer, QWEN25_TEMPLATE)
+    student = torch.tensor(chat_ids(tok, HISTORY))
+    expected = chat_ids(tok, [{"role": "system", "content": SKILL}] + HISTORY)
+    exact = TeacherBuilder(tok, max_prompt_length=len(expected)).build([student], [torch.tensor([3])], [SKILL])
+    assert exact.prompts[0].tolist() == expected and exact.removed_context_tokens == [0]
+    short = TeacherBuilder(tok, max_prompt_length=len(expected) - 4).build([student], [torch.tensor([3])], [SKILL])
+    teacher = short.prompts[0].tolist()
+    block = PrivilegedBlocks(tok)(SKILL)
+    assert len(teacher) == len(expected) - 4 and short.removed_context_tokens == [4]
+    assert teacher[: len(block)] == block  # the skill is intact, in the default turn's place
+
+
+# ------------------------------------------------------------------ raw_prefix (the reference's format)
+def reference_teacher_prompt(tok, prompt_ids, text):
+    """What the SDAR reference does: decode the prompt, prefix the raw text, re-tokenise."""
+    from verl_sdar.teacher import raw_prefix_text
+
+    decoded = tok.decode(prompt_ids, skip_special_tokens=False)
+    return tok.encode(raw_prefix_text(text) + decoded, add_special_tokens=False)
+
+
+@pytest.mark.parametrize("template", ["chatml", "qwen2.5", "qwen3"])
+def test_raw_prefix_splice_equals_the_references_decode_and_re_encode(tokenizer, template):
+    from verl_sdar.teacher import RAW_PREFIX_HEADER, TeacherBuilder
+
+    templates = {"qwen2.5": QWEN25_TEMPLATE, "qwen3": QWEN3_TEMPLATE, "chatml": tokenizer.chat_template}
+    tok = with_template(tokenizer, templates[template])
+    student = chat_ids(tok, HISTORY)
+    builder = TeacherBuilder(tok, format="raw_prefix", header="ignored: ", role="user")
+    rows = builder.build([torch.tensor(student)], [torch.tensor([3, 4])], [SKILL])
+    assert rows.prompts[0].tolist() == reference_teacher_prompt(tok, student, SKILL)
+    assert tok.decode(rows.prompts[0].tolist()).startswith(f"{RAW_PREFIX_HEADER}{SKILL}\n\n<|im_start|>")
+    assert rows.input_ids[0][-2:].tolist() == [3, 4] and rows.replaced_tokens == [0]
+    assert builder.build([torch.tensor(student)], [torch.tensor([3])], [""]).prompts[0].tolist() == student
+
+
+def test_raw_prefix_goes_after_bos_and_needs_start_placement(tokenizer):
+    import copy
+
+    tok = copy.deepcopy(tokenizer)
+    tok.bos_token = "<|endoftext|>"
+    blocks = PrivilegedBlocks(tok, format="raw_prefix")
+    bos = tok.bos_token_id
+    assert bos is not None and blocks.insertion_index([bos, 10, 11]) == 1 and blocks.insertion_index([10, 11]) == 0
+    with pytest.raises(ValueError, match="placement must be 'start'"):
+        PrivilegedBlocks(tokenizer, format="raw_prefix", placement="before_last_user")
+    with pytest.raises(ValueError, match="unknown privileged format"):
+        PrivilegedBlocks(tokenizer, format="prefix")
+
+
+def test_raw_prefix_boundary_merge_caveat():
+    """The splice tokenises the prefix alone. A prompt whose text starts with a special token (every
+    chat-template prompt) re-tokenises identically; one starting with a newline can merge with the
+    prefix's closing "\\n\\n" when the vocabulary has a longer newline token: then the token ids differ
+    from the reference's re-encoding, the decoded text does not."""
+    from verl_sdar.teacher import raw_prefix_text
+    from verl_sdar.tiny_model import train_tokenizer
+
+    corpus = ["para one\n\n\npara two\n\nthree\n"] * 50 + ["the skill text, privileged information"] * 20
+    tok = train_tokenizer(corpus, 300)  # learns a "\n\n\n" token
+    prefix = tok.encode(raw_prefix_text("skill"), add_special_tokens=False)
+    chat = chat_ids(tok, [{"role": "user", "content": "hello"}])
+    assert prefix + chat == reference_teacher_prompt(tok, chat, "skill")
+    plain = tok.encode("\nhello", add_special_tokens=False)
+    spliced, reference = prefix + plain, reference_teacher_prompt(tok, plain, "skill")
+    assert spliced != reference and tok.decode(spliced) == tok.decode(reference)
+
+
+def test_chat_template_kwargs_reach_every_rendering_qwen3_thinking_off(tmp_path):
+    """Qwen3 with thinking off (verl's data.apply_chat_template_kwargs.enable_thinking=false): the
+    generation prompt ends with an empty think block, so the protected prompt tail is longer."""
+    from transformers import AutoTokenizer
+
+    from verl_sdar.teacher import PrivilegedBlocks
+    from verl_sdar.tiny_model import build_tiny_model
+
+    tokenizer = AutoTokenizer.from_pretrained(build_tiny_model(tmp_path / "m", seed=0))
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n"
+        "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+    )
+    plain = PrivilegedBlocks(tokenizer)
+    off = PrivilegedBlocks(tokenizer, chat_template_kwargs={"enable_thinking": False})
+    think = tokenizer.encode("<think>\n\n</think>\n\n", add_special_tokens=False)
+    assert off.tail_length == plain.tail_length + len(think)
+    assert off("a skill") == plain("a skill")  # the block itself does not depend on it

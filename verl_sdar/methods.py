@@ -5,6 +5,8 @@ A method is what a user selects on the command line (``algorithm=sdar``, ``algor
 
 * ``objective``: the value of ``sdar.objective`` it sets; the behaviour below belongs to the
   objective, so two methods can share one (``sdar`` and ``grpo_opsd`` differ only in the gate);
+  two objectives can share a loss term (``sdar`` and ``opsd`` add the same gated term; ``opsd``
+  also zeroes the outcome advantages);
 * ``defaults``: the ``sdar.*`` values its algorithm YAML sets (checked against the YAML by a test);
 * ``summary``: one line for the docs (checked against ``docs/method.md`` by a test).
 
@@ -16,8 +18,8 @@ else compares method or objective names.
 
 To add a method: write its loss term or advantage transform with the signatures below (pure
 torch, a formula in the docstring), add an :class:`Objective` if it behaves differently from the
-existing ones, register a :class:`Method`, and add its algorithm YAML, a docs row and a recipe
-(``tests/test_methods.py`` fails until all four exist).
+existing ones, register a :class:`Method`, and add its algorithm YAML, a docs row and, for one of
+the paper's methods (``paper=True``), a recipe (``tests/test_methods.py`` fails until they exist).
 """
 
 from __future__ import annotations
@@ -94,10 +96,12 @@ class Method:
 def _sdar_term(student, rows, mask, sdar, agg):
     entropy = rows["entropy"].to(student.dtype) if "entropy" in rows else None
     teacher = rows["teacher_log_probs"].to(student.dtype)
-    return sdar_loss(student, teacher, mask, beta=sdar.beta, gate=sdar.gate, entropy=entropy, **agg)
+    return sdar_loss(
+        student, teacher, mask, beta=sdar.beta, gate=sdar.gate, entropy=entropy, divergence=sdar.divergence, **agg
+    )
 
 
-def _opsd_term(student, rows, mask, sdar, agg):
+def _opsd_rkl_term(student, rows, mask, sdar, agg):
     return opsd_loss(student, rows["teacher_log_probs"].to(student.dtype), mask, **agg)
 
 
@@ -108,7 +112,12 @@ def _skill_sd_term(student, rows, mask, sdar, agg):
 
 # ---------------------------------------------------------------------- advantage transforms
 def _zero_advantages(advantages, rows, mask, sdar, step):
-    """OPSD trains on distillation alone: the outcome advantages are zeroed."""
+    """OPSD trains without the outcome: the advantages are zeroed (= policy-gradient coefficient 0).
+
+    With A = 0 verl's vanilla PPO loss is ``max(-0 * ratio, -0 * clip(ratio)) = 0`` per token (the
+    ratio is finite: verl clamps its log at +-20), so its value and gradient are exactly 0, while
+    verl's KL-to-reference loss and entropy bonus, added separately in ``ppo_loss``, still apply.
+    """
     return torch.zeros_like(advantages), {}
 
 
@@ -149,7 +158,17 @@ register_objective(
         "opsd",
         needs_teacher=True,
         loss_fields=("teacher_log_probs",),
-        loss_term=_opsd_term,
+        uses_gate=True,
+        loss_term=_sdar_term,
+        transform_advantages=_zero_advantages,
+    )
+)
+register_objective(
+    Objective(
+        "opsd_rkl",
+        needs_teacher=True,
+        loss_fields=("teacher_log_probs",),
+        loss_term=_opsd_rkl_term,
         transform_advantages=_zero_advantages,
     )
 )
@@ -190,8 +209,19 @@ register_method(
     Method(
         "opsd",
         "opsd",
-        "Reverse-KL self-distillation alone (score-function form); outcome advantages zeroed.",
+        "OPSD (the paper's baseline): the SDAR gated term alone, coef 0.01, beta 5; outcome advantages zeroed "
+        "(policy-gradient coefficient 0); KL to the reference and an entropy bonus 0.001 kept.",
+        defaults={"coef": 0.01, "beta": 5.0, "gate": "gap"},
+    )
+)
+register_method(
+    Method(
+        "opsd_rkl",
+        "opsd_rkl",
+        "Ours, not the paper's OPSD: reverse-KL self-distillation alone (score-function form, coef 1.0); "
+        "outcome advantages zeroed.",
         defaults={"coef": 1.0},
+        paper=False,
     )
 )
 register_method(
@@ -208,6 +238,17 @@ register_method(
         "skill_sd",
         "Skill-SD: GRPO + coef * Agg(rho_t * k3_t), importance-weighted k3 KL to the skill-conditioned teacher.",
         defaults={"coef": 0.001},
+    )
+)
+# Skill-GRPO: objective ``none`` (verl's PPO loss, no teacher pass); what differs is the rollout:
+# the agent loops put the row's privileged text (skills) into the student's own prompt.
+register_method(
+    Method(
+        "skill_grpo",
+        "none",
+        "Skill-GRPO: GRPO with the retrieved skills in the student's own rollout prompt (training and "
+        "validation); no teacher pass, no extra term.",
+        defaults={"student_prompt": True},
     )
 )
 

@@ -14,17 +14,22 @@ normalisers), so a term added to verl's PPO loss is normalised the same way as t
 Masked positions never contribute, whatever they hold (-inf and NaN included): they are replaced
 by zeros before any arithmetic, so neither the value nor the gradient can become NaN through
 them. Inside the mask, log-probs are clamped from below at ``MIN_LOG_PROB`` so that a token the
-teacher gives zero probability yields a finite gap (its gate is then exactly 0).
+teacher gives zero probability yields a finite gap (its gate is then exactly 0). Every ``exp`` of a
+log-ratio is clamped from above (``MAX_LOG_RATIO``, ``MAX_K3_EXPONENT``), so no term can overflow.
 """
 
 from __future__ import annotations
 
+import math
 
 import torch
 
 __all__ = [
+    "DIVERGENCES",
     "GATES",
     "LOSS_AGG_MODES",
+    "MAX_K3_EXPONENT",
+    "MAX_LOG_RATIO",
     "MIN_LOG_PROB",
     "aggregate",
     "compute_gate",
@@ -38,6 +43,12 @@ __all__ = [
 GATES = ("gap", "entropy", "soft_or", "constant")
 LOSS_AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-sum-norm", "seq-mean-token-mean")
 MIN_LOG_PROB = -1.0e4
+#: divergences of the gated term (``sdar.divergence``); ``reverse_kl`` is SDAR's own term.
+DIVERGENCES = ("reverse_kl", "jsd", "forward_kl")
+#: importance ratios are ``exp(min(log_ratio, MAX_LOG_RATIO))`` (Skill-SD's reference clamp, <= e^10).
+MAX_LOG_RATIO = 10.0
+#: Skill-SD's k3 uses ``exp(min(-(s - t), MAX_K3_EXPONENT))`` (the reference's clamp, <= e^20).
+MAX_K3_EXPONENT = 20.0
 
 Metrics = dict[str, torch.Tensor]
 
@@ -148,6 +159,19 @@ def gap_statistics(gap: torch.Tensor, gate: torch.Tensor, mask: torch.Tensor) ->
     return {"gate_mean": gate_mean, "gate_active_ratio": active, "gap_mean": gap_mean, "gap_std": gap_std}
 
 
+def _divergence_form(divergence: str, gap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token value ``phi_D(Delta)`` and push weight ``u_D = phi_D'(Delta)`` of a non-reverse divergence.
+
+    Both are functions of the detached gap only (see :func:`sdar_loss` for the derivation).
+    """
+    if divergence == "forward_kl":
+        r = torch.exp(torch.clamp(gap, max=MAX_LOG_RATIO))
+        return r - 1, r
+    if divergence == "jsd":
+        return 0.5 * (torch.nn.functional.softplus(gap) - math.log(2.0)), 0.5 * torch.sigmoid(gap)
+    raise ValueError(f"unknown divergence {divergence!r}; expected one of {DIVERGENCES}")
+
+
 def sdar_loss(
     student_log_probs: torch.Tensor,
     teacher_log_probs: torch.Tensor,
@@ -156,10 +180,11 @@ def sdar_loss(
     beta: float = 5.0,
     gate: str = "gap",
     entropy: torch.Tensor | None = None,
+    divergence: str = "reverse_kl",
     loss_agg_mode: str = "token-mean",
     **agg_kwargs,
 ) -> tuple[torch.Tensor, Metrics]:
-    """Gated self-distillation term of SDAR.
+    """Gated self-distillation term of SDAR, with the divergence it is built on as a choice.
 
         g_t = gate(Delta_t)        (detached, see ``compute_gate``)
         l_t = g_t * (t_t - s_t)    (gradient only through s_t)
@@ -167,14 +192,49 @@ def sdar_loss(
 
     so ``grad L = -Agg(g_t * grad s_t)``: a likelihood push on the student's own tokens, strong
     where the teacher endorses the token more than the student does, weak where it rejects it.
+    That is ``divergence="reverse_kl"`` (the default, SDAR's own term, computed exactly as above).
+
+    ``jsd`` and ``forward_kl`` (loss-form ablation) are **our construction**: the reference code has
+    no such variants. Only the sampled token's log-probs exist, so each variant is a sampled-token
+    surrogate with the same detached gate. Derivation: with ``r = q/p`` (teacher over student
+    probability, on the sampled token ``r_t = exp(Delta_t)``), each divergence is an f-divergence
+    ``D(p || q) = E_{y~p}[f(r)]`` and its gradient is ``E_{y~p}[psi(r) grad log p]`` with
+    ``psi = f - r f'``. The gated term replaces ``psi(r)`` by its (negated) sensitivity to the gap,
+    ``u(r) = -d psi / d log r = r^2 f''(r)``, so every variant is a gated likelihood push
+    ``grad l_t = -g_t * u_t * grad s_t`` with value ``l_t = g_t * phi(Delta_t)``, ``phi' = u``,
+    ``phi(0) = 0``:
+
+    * ``reverse_kl``, KL(p || q):  f = -log r            u = 1               phi = Delta
+      (exactly SDAR's term; the score-function weight itself would be ``1 - Delta``)
+    * ``forward_kl``, KL(q || p):  f = r log r           u = r               phi = r - 1
+      (``-g_t r_t grad s_t`` is the gated importance-weighted single-sample estimate of
+      ``grad KL(q || p) = -E_{y~q}[grad log p] = -E_{y~p}[r grad log p]``)
+    * ``jsd``, JS(p, q) with M = (p + q) / 2:  u = r / (2 (1 + r)) = sigmoid(Delta) / 2,
+      phi = (log(1 + r) - log 2) / 2 (``-g_t u_t grad s_t`` is the importance-weighted estimate
+      of the gradient of JSD's teacher-side half ``KL(q || M) / 2``; JSD's curvature at r = 1 is
+      1/4 of KL's, so at equal ``coef`` it pushes 4x less near agreement)
+
+    ``r_t`` is detached and, for ``forward_kl``, clamped at ``exp(MAX_LOG_RATIO)`` (as Skill-SD's
+    reference clamps its ratio) so the term stays finite; ``jsd`` is computed from ``Delta_t`` with
+    ``softplus``/``sigmoid`` and is finite without a clamp (its weight is below 1/2). Implemented as
+    ``l_t = g_t * (phi_t + u_t * (sg(s_t) - s_t))``: value ``g_t * phi_t``, gradient
+    ``-g_t * u_t * grad s_t``.
+
     Returns the loss and metrics (gate mean, gate-active ratio, gap mean/std, loss), all detached.
     """
     mask = _check(response_mask, student_log_probs, teacher_log_probs, entropy)
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"unknown divergence {divergence!r}; expected one of {DIVERGENCES}")
     s = _clean(student_log_probs, mask)
     t = _clean(teacher_log_probs.detach(), mask)
     gap = (t - s).detach()
     g = compute_gate(gap, beta=beta, gate=gate, entropy=entropy)
-    loss = aggregate(g * (t - s), mask, loss_agg_mode, **agg_kwargs)
+    if divergence == "reverse_kl":
+        per_token = g * (t - s)
+    else:
+        value, weight = _divergence_form(divergence, gap)
+        per_token = g * (value + weight * (s.detach() - s))
+    loss = aggregate(per_token, mask, loss_agg_mode, **agg_kwargs)
     metrics = gap_statistics(gap, g, mask)
     metrics["loss"] = loss.detach()
     return loss, metrics
@@ -188,7 +248,7 @@ def opsd_loss(
     loss_agg_mode: str = "token-mean",
     **agg_kwargs,
 ) -> tuple[torch.Tensor, Metrics]:
-    """On-policy self-distillation by reverse KL (the OPSD baseline, used without the GRPO term).
+    """Reverse-KL self-distillation, score-function form (objective ``opsd_rkl``: ours, not the paper's OPSD).
 
         k_t = s_t - t_t = -Delta_t            (value: per-token reverse-KL estimate)
         grad l_t = k_t * grad s_t             (REINFORCE form of grad KL(pi_s || pi_t))
@@ -247,10 +307,15 @@ def skill_sd_loss(
     """Skill-SD distillation term (baseline): importance-weighted k3 estimate of KL to the teacher.
 
         d_t   = s_t - t_t
-        k3_t  = exp(-d_t) - 1 + d_t
-        rho_t = exp(s_t - old_t)
+        k3_t  = exp(min(-d_t, 20)) - 1 + d_t
+        rho_t = exp(min(s_t - old_t, 10))
         L     = Agg(rho_t * k3_t)
 
+    The two clamps are the reference implementation's (``-(s - t) <= 20`` inside k3, log ratio
+    ``s - old <= 10``; ``MAX_K3_EXPONENT``, ``MAX_LOG_RATIO``): without them a token the teacher
+    endorses far more than the student (s = -100, t = -0.1) gives exp(99.9) = inf. Inside the
+    clamps value and gradient are the unclamped formula's; where a clamp binds, that factor's
+    exponential is constant (no gradient through it), so value and gradient stay finite.
     The gradient flows through ``s_t`` in both factors; teacher and old log-probs are constants.
     """
     mask = _check(response_mask, student_log_probs, teacher_log_probs, old_log_probs)
@@ -258,8 +323,8 @@ def skill_sd_loss(
     t = _clean(teacher_log_probs.detach(), mask)
     old = _clean(old_log_probs.detach(), mask)
     d = s - t
-    k3 = torch.exp(-d) - 1 + d
-    rho = torch.exp(s - old)
+    k3 = torch.exp(torch.clamp(-d, max=MAX_K3_EXPONENT)) - 1 + d
+    rho = torch.exp(torch.clamp(s - old, max=MAX_LOG_RATIO))
     loss = aggregate(rho * k3, mask, loss_agg_mode, **agg_kwargs)
     k3_mean, _ = _masked_mean_std(k3.detach(), mask)
     gap_mean, gap_std = _masked_mean_std(-d.detach(), mask)

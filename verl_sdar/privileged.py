@@ -10,17 +10,28 @@ every checkpoint:
 
 The trainer builds a :class:`TeacherInputs` from TransferQueue and calls ``texts``, then
 ``feedback``; it never looks inside a source.
+
+**The student's own prompt (Skill-GRPO, ``sdar.student_prompt=true``).** The agent
+loops, in their own worker processes, give the student the row's privileged text from the same
+source: ``column`` reads ``extra_info[sdar.privileged.key]``; ``skills`` retrieves from
+``sdar.skills.library`` with ``sdar.skills.strategy`` (one of ``STATELESS_STRATEGIES``: the choice
+must not depend on process-local state). The text goes in front of the user message's text in the
+reference's format, :func:`skill_prefix`: ``"[Privileged Skill Information]\n{text}\n\n"``, inside
+the chat template's user turn (the reference prefixes the observation text it puts in the user
+turn). An agent loop calls :func:`student_privileged` once (``None``: off) and then, per episode,
+``.prefix(extra_info, prompt=<the task text>)``; libraries are loaded once per process.
 """
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from collections.abc import Callable
 
-from .skills import Retrieval, SkillLibrary, make_retriever
-from .teacher import privileged_texts
+from .skills import PROMPT_STRATEGIES, STATELESS_STRATEGIES, Retrieval, SkillLibrary, make_retriever
+from .teacher import RAW_PREFIX_HEADER, privileged_texts, raw_prefix_text
 
 
 @dataclass
@@ -109,7 +120,7 @@ class SkillSource(PrivilegedSource):
         for i, info in enumerate(rows.extra_infos):
             task_type = info.get(self.task_type_key) if isinstance(info, dict) else None
             prompt_text = None
-            if self.strategy == "keyword":
+            if self.strategy in PROMPT_STRATEGIES:
                 prompt_text = _last_user_text(rows.raw_prompts[i]) if rows.raw_prompts is not None else None
                 if prompt_text is None:
                     prompt_text = rows.decode(rows.prompts[i].tolist())
@@ -143,3 +154,102 @@ def make_source(sdar) -> PrivilegedSource:
     if sdar.privileged.source == "column":
         return ColumnSource(sdar.privileged.key)
     raise ValueError(f"sdar.privileged.source: unknown source {sdar.privileged.source!r}")
+
+
+# ------------------------------------------------------------------ the student's prompt (Skill-GRPO)
+def skill_prefix(text: str) -> str:
+    """The reference's privileged block as text: ``"[Privileged Skill Information]\n{text}\n\n"``;
+    ``""`` for an empty text (no block)."""
+    return raw_prefix_text(text)
+
+
+class StudentPrivileged:
+    """The privileged text of a row for the student's own rollout prompt (Skill-GRPO).
+
+    Args:
+        source: ``column`` or ``skills`` (``sdar.privileged.source``).
+        key: with ``column``, the ``extra_info`` field (``sdar.privileged.key``).
+        library, strategy, task_type_key: with ``skills``, ``sdar.skills.*``; ``strategy`` must be
+            one of ``STATELESS_STRATEGIES``.
+    """
+
+    header = RAW_PREFIX_HEADER
+
+    def __init__(
+        self,
+        source: str,
+        *,
+        key: str = "privileged",
+        library: str | None = None,
+        strategy: str = "task_type",
+        task_type_key: str = "task_type",
+    ):
+        if source not in ("column", "skills"):
+            raise ValueError(f"sdar.privileged.source must be 'column' or 'skills', got {source!r}")
+        self.source, self.key, self.task_type_key, self.strategy = source, key, task_type_key, strategy
+        self.retriever = None
+        if source == "skills":
+            if strategy not in STATELESS_STRATEGIES:
+                raise ValueError(
+                    f"sdar.skills.strategy={strategy!r} cannot fill the student's prompt (its choice depends on "
+                    f"process-local state); use one of {STATELESS_STRATEGIES}"
+                )
+            if not library:
+                raise ValueError("sdar.skills.library: the student's skills need a skill library folder")
+            self.retriever = make_retriever(strategy, SkillLibrary.load(library))
+
+    def text(self, extra_info: Mapping[str, Any] | None, prompt: str | None = None) -> str:
+        """The row's privileged text (``""``: none). ``prompt``: the text keyword strategies match
+        (the task / goal / question); ``extra_info``: the dataset row's (task type, column)."""
+        info = extra_info if isinstance(extra_info, Mapping) else {}
+        if self.retriever is None:
+            return privileged_texts([dict(info)], self.key)[0]
+        task_type = info.get(self.task_type_key)
+        if self.strategy in PROMPT_STRATEGIES and prompt is None:
+            raise TypeError(f"sdar.skills.strategy={self.strategy!r} needs the row's prompt text (prompt=...)")
+        return self.retriever.retrieve(prompt=prompt, task_type=task_type).text
+
+    def prefix(self, extra_info: Mapping[str, Any] | None, prompt: str | None = None) -> str:
+        """:func:`skill_prefix` of :meth:`text`: put it in front of the user message's text."""
+        return skill_prefix(self.text(extra_info, prompt))
+
+
+def _select(config: Any, dotted: str, default: Any = None) -> Any:
+    node = config
+    for part in dotted.split("."):
+        getter = getattr(node, "get", None)
+        if getter is None:
+            return default
+        node = getter(part, None)
+        if node is None:
+            return default
+    return node
+
+
+_student_lock = threading.Lock()
+_student_cache: dict[tuple, StudentPrivileged] = {}
+
+
+def student_privileged(trainer_config: Any) -> StudentPrivileged | None:
+    """The student's privileged text for an agent loop, from the trainer config (``sdar.privileged``,
+    ``sdar.skills``; an OmegaConf node or a plain mapping); ``None`` unless
+    ``sdar.student_prompt`` is true. One object per distinct settings per process (the
+    skill library is loaded once, under a lock: agent loops are built concurrently)."""
+    if not _select(trainer_config, "sdar.student_prompt", False):
+        return None
+    settings = (
+        str(_select(trainer_config, "sdar.privileged.source", "column")),
+        str(_select(trainer_config, "sdar.privileged.key", "privileged")),
+        _select(trainer_config, "sdar.skills.library", None),
+        str(_select(trainer_config, "sdar.skills.strategy", "task_type")),
+        str(_select(trainer_config, "sdar.skills.task_type_key", "task_type")),
+    )
+    settings = (*settings[:2], None if settings[2] is None else str(settings[2]), *settings[3:])
+    with _student_lock:
+        found = _student_cache.get(settings)
+        if found is None:
+            source, key, library, strategy, task_type_key = settings
+            found = _student_cache[settings] = StudentPrivileged(
+                source, key=key, library=library, strategy=strategy, task_type_key=task_type_key
+            )
+        return found

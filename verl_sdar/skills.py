@@ -1,6 +1,7 @@
 """Skill libraries and retrieval strategies: which privileged text the teacher sees for a row.
 
-A skill library is a folder::
+A skill library is a folder in one of two layouts, told apart by its mapping file (both at once is
+an error). **Ours** (``mapping.yaml``)::
 
     general/*.md           general skills; all of them are always included, in file-name order
     task_types/<file>.md   one skill text per task type (several task types may share a file)
@@ -17,31 +18,61 @@ file, a keyword that maps to a task type not listed under ``task_types``, an emp
 ``task_types/`` (not named by the mapping).
 Hidden files (``.gitkeep``) are ignored.
 
-**Keyword matching** (``SkillLibrary.infer_task_type``): case-insensitive, on word boundaries (a
-keyword never matches inside a longer word); whitespace inside a phrase matches any run of
+**The authors' layout** (``skill_mapping.json``, the SDAR reference implementation's skill folders),
+loaded so that every strategy returns exactly the text the reference builds::
+
+    skill_mapping.json     {"skill_files":   {<skill name>: <markdown file, relative to the folder>},
+                            "task_to_skill": {<task type>: <skill name>},
+                            "task_keywords": {<task type>: [<keyword>, ...]}}      (optional)
+    <the markdown files>
+
+The skill named ``general_skills`` is the general one. Its files' texts are stripped of
+leading/trailing whitespace, like the reference does. Differences from ours, all the reference's
+rules: the composed text is the *bare* texts joined by a blank line (``"\\n\\n"``; no section
+titles), general first and ``""`` in its place when the folder has no ``general_skills``; a row's
+task type selects the first ``task_to_skill`` key (file order) that is a *substring* of it (the
+reference matches the keys against ALFWorld game paths, which hold our task-type names, so the
+reference's ``pick_and_place`` selects for our ``pick_and_place_simple``); keywords match as plain
+substrings of the lower-cased text; ``full`` appends every non-general skill in ``skill_files``
+order. ``SkillLibrary.load`` rejects, naming the key: a missing file, a ``task_to_skill`` value or a
+``task_keywords`` task type that names nothing, two skill names sharing one file, an empty file, a
+file outside the folder. Other top-level keys are ignored (as the reference ignores them).
+
+**Keyword matching** (``SkillLibrary.infer_task_type``, ours): case-insensitive, on word boundaries
+(a keyword never matches inside a longer word); whitespace inside a phrase matches any run of
 whitespace. If keywords of several task types occur in the text, the task type of the keyword
 that occurs *first* wins; at the same position the longer keyword wins ("red wine" beats "red").
+(The authors' layout: the first task type in ``task_keywords`` order with a keyword in the text.)
+``SkillLibrary.matching_task_types`` gives *every* task type with a keyword in the text, in
+mapping order, with the same per-keyword matching.
 
-**Composed text** (``compose``): each skill is one section ``"## <name>\\n<text>"``; sections are
-joined by a blank line, general skills first (file-name order), then the task-type skill. The
-result is deterministic and the same string object is returned for the same skills, so the
+**Composed text** (``compose``, ours): each skill is one section ``"## <name>\\n<text>"``; sections
+are joined by a blank line, general skills first (file-name order), then the task-type skill(s).
+The result is deterministic and the same string object is returned for the same skills, so the
 teacher's ``PrivilegedBlocks`` tokenises each distinct composition once.
 
 **Strategies** (``make_retriever``; every one returns a ``Retrieval``):
 
-* ``task_type``: general skills + the skill mapped to the row's task type;
-* ``keyword``:   infer the task type from the prompt text via the keyword map, then as ``task_type``;
-* ``full``:      general skills + every task-type skill;
-* ``random``:    general skills + one task-type skill drawn uniformly by a seeded RNG;
-* ``ucb``:       general skills + the task-type skill chosen by a UCB1 bandit kept per task type.
+* ``task_type``:   general skills + the skill mapped to the row's task type;
+* ``keyword``:     infer the task type from the prompt text via the keyword map, then as ``task_type``;
+* ``keyword_any``: general skills + the skill of *every* task type any of whose keywords occurs in
+  the prompt text, in mapping order (the reference's prompt-keyword rule, its default for WebShop;
+  ours: a skill file shared by several matched task types appears once);
+* ``full``:        general skills + every task-type skill;
+* ``random``:      general skills + one task-type skill drawn uniformly by a seeded RNG;
+* ``ucb``:         general skills + the task-type skill chosen by a UCB1 bandit kept per task type.
 
-Rows whose task type is missing, unknown to the library, or (``keyword``) not inferable get the
-general skills only (``ucb``: the shared fallback bandit); each retriever counts them in
-``Retriever.unknown`` so the caller can log them.
+Rows whose task type is missing, unknown to the library, or (``keyword``/``keyword_any``) not
+inferable get the general skills only (``ucb``: the shared fallback bandit); each retriever counts
+them in ``Retriever.unknown`` so the caller can log them. ``PROMPT_STRATEGIES`` read the prompt
+text; ``STATELESS_STRATEGIES`` give the same text for the same row in any process (what the
+student's own prompt may use, :mod:`verl_sdar.privileged`).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
 import random
@@ -49,7 +80,7 @@ import re
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -57,8 +88,13 @@ import yaml
 
 __all__ = [
     "MAPPING_FILE",
+    "PROMPT_STRATEGIES",
+    "REFERENCE_GENERAL",
+    "REFERENCE_MAPPING_FILE",
+    "STATELESS_STRATEGIES",
     "STRATEGIES",
     "FullRetriever",
+    "KeywordAnyRetriever",
     "KeywordRetriever",
     "RandomRetriever",
     "Retrieval",
@@ -72,8 +108,14 @@ __all__ = [
     "make_retriever",
 ]
 
+logger = logging.getLogger(__name__)
+
 MAPPING_FILE = "mapping.yaml"
+REFERENCE_MAPPING_FILE = "skill_mapping.json"
+REFERENCE_GENERAL = "general_skills"
 _MAPPING_KEYS = ("task_types", "keywords")
+_REFERENCE_KEYS = ("skill_files", "task_to_skill", "task_keywords")
+LAYOUTS = ("ours", "reference")
 _ORDER_PREFIX = re.compile(r"^\d+[-_ ]+")
 
 
@@ -106,12 +148,15 @@ class Retrieval:
             happens only for a library without general skills and a row without a task-type skill).
         skill_ids: ids of the skills in ``text``, in the order rendered.
         task_type: the task type the choice was made for; ``None`` when none was known or used
-            (always ``None`` for ``full`` and ``random``).
+            (always ``None`` for ``full`` and ``random``; ``keyword_any``: the matched task type
+            when exactly one matched, else ``None``).
+        task_types: ``keyword_any``: every matched task type, in the order their skills appear.
     """
 
     text: str
     skill_ids: tuple[str, ...]
     task_type: str | None
+    task_types: tuple[str, ...] = ()
 
 
 def _skill_name(path: Path) -> str:
@@ -160,15 +205,28 @@ def _read_skill(root: Path, path: Path) -> Skill:
     return Skill(skill_id=rel, name=_skill_name(path), text=text)
 
 
+def _keyword_pattern(keywords: Sequence[str]) -> re.Pattern[str]:
+    """One regex for normalised keywords: whole words, any whitespace inside a phrase, longest first
+    (at equal start positions the regex alternation takes the longer keyword)."""
+    alternatives = sorted(keywords, key=lambda k: (-len(k), k))
+    body = "|".join(r"\s+".join(re.escape(part) for part in k.split(" ")) for k in alternatives)
+    return re.compile(rf"(?<!\w)(?:{body})(?!\w)", re.IGNORECASE)
+
+
 class SkillLibrary:
-    """A loaded, validated skill library (see the module docstring for the folder layout).
+    """A loaded, validated skill library (see the module docstring for the folder layouts).
 
     Attributes:
         root: the library folder.
-        general: general skills, in file-name order.
+        layout: ``ours`` (``mapping.yaml``) or ``reference`` (the authors' ``skill_mapping.json``).
+        general: general skills, in file-name order (``reference``: the ``general_skills`` skill).
         task_skills: task type -> its skill.
-        arms: the distinct task-type skills, sorted by id (the choices of ``random`` and ``ucb``).
-        keywords: normalised keyword (case-folded, single spaces) -> task type.
+        arms: the distinct task-type skills, sorted by id (the choices of ``random`` and ``ucb``;
+            ``reference``: every non-general skill, in ``skill_files`` order).
+        keywords: normalised keyword (case-folded, single spaces) -> task type (``reference``:
+            each keyword -> the first task type listing it).
+        task_keywords: task type -> its keywords, in mapping order (``ours``: normalised;
+            ``reference``: as written in ``task_keywords``).
     """
 
     def __init__(
@@ -177,32 +235,58 @@ class SkillLibrary:
         general: Sequence[Skill],
         task_skills: Mapping[str, Skill],
         keywords: Mapping[str, str],
+        *,
+        layout: str = "ours",
+        task_keywords: Mapping[str, Sequence[str]] | None = None,
+        arms: Sequence[Skill] | None = None,
     ):
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown skill library layout {layout!r}; expected one of {LAYOUTS}")
         self.root = root
+        self.layout = layout
         self.general: tuple[Skill, ...] = tuple(general)
         self.task_skills: dict[str, Skill] = dict(task_skills)
-        distinct = {s.skill_id: s for s in self.task_skills.values()}
-        self.arms: tuple[Skill, ...] = tuple(distinct[k] for k in sorted(distinct))
+        if arms is None:
+            distinct = {s.skill_id: s for s in self.task_skills.values()}
+            arms = [distinct[k] for k in sorted(distinct)]
+        self.arms: tuple[Skill, ...] = tuple(arms)
         self.keywords: dict[str, str] = dict(keywords)
+        if task_keywords is None:
+            grouped: dict[str, list[str]] = {t: [] for t in self.task_skills}
+            for keyword, task_type in self.keywords.items():
+                grouped[task_type].append(keyword)
+            task_keywords = {t: ks for t, ks in grouped.items() if ks}
+        self.task_keywords: dict[str, tuple[str, ...]] = {t: tuple(ks) for t, ks in task_keywords.items()}
         self._by_id = {s.skill_id: s for s in (*self.general, *self.arms)}
         self._compositions: dict[tuple[str, ...], str] = {}
         self._keyword_re: re.Pattern[str] | None = None
-        if self.keywords:
-            # Longest first: at equal start positions the regex alternation takes the longer keyword.
-            alternatives = sorted(self.keywords, key=lambda k: (-len(k), k))
-            body = "|".join(r"\s+".join(re.escape(part) for part in k.split(" ")) for k in alternatives)
-            self._keyword_re = re.compile(rf"(?<!\w)(?:{body})(?!\w)", re.IGNORECASE)
+        self._type_res: dict[str, re.Pattern[str]] = {}
+        if layout == "ours":
+            if self.keywords:
+                self._keyword_re = _keyword_pattern(list(self.keywords))
+            self._type_res = {t: _keyword_pattern(ks) for t, ks in self.task_keywords.items() if ks}
 
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, folder: str | os.PathLike[str]) -> SkillLibrary:
-        """Load and validate the library in ``folder``; raises ``SkillLibraryError`` naming the file."""
+        """Load and validate the library in ``folder`` (either layout, told apart by its mapping
+        file); raises ``SkillLibraryError`` naming the file."""
         root = Path(folder)
         if not root.is_dir():
             raise SkillLibraryError(f"{root}: skill library folder does not exist")
         mapping_path = root / MAPPING_FILE
+        reference_path = root / REFERENCE_MAPPING_FILE
+        if reference_path.is_file():
+            if mapping_path.is_file():
+                raise SkillLibraryError(
+                    f"{root}: holds both {MAPPING_FILE} (our layout) and {REFERENCE_MAPPING_FILE} (the authors' "
+                    "layout); keep one"
+                )
+            return cls._load_reference(root, reference_path)
         if not mapping_path.is_file():
-            raise SkillLibraryError(f"{mapping_path}: mapping file is missing")
+            raise SkillLibraryError(
+                f"{mapping_path}: mapping file is missing (nor is there an authors'-layout {REFERENCE_MAPPING_FILE})"
+            )
         try:
             mapping = yaml.load(mapping_path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
         except yaml.YAMLError as err:
@@ -275,6 +359,72 @@ class SkillLibrary:
             spelled[key] = keyword
         return cls(root, general, task_skills, keywords)
 
+    @classmethod
+    def _load_reference(cls, root: Path, path: Path) -> SkillLibrary:
+        """The authors' layout (module docstring)."""
+        try:
+            mapping = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise SkillLibraryError(f"{path}: not valid JSON ({err})") from None
+        if not isinstance(mapping, dict):
+            raise SkillLibraryError(f"{path}: expected a JSON object with keys {list(_REFERENCE_KEYS)}")
+        ignored = sorted(k for k in mapping if k not in _REFERENCE_KEYS)
+        if ignored:
+            logger.warning("%s: ignoring top-level keys %s (not read by the reference either)", path, ignored)
+        for key in ("skill_files", "task_to_skill"):
+            if key not in mapping:
+                raise SkillLibraryError(f"{path}: '{key}' is missing")
+        skill_files, task_to_skill = mapping["skill_files"], mapping["task_to_skill"]
+        task_keywords = mapping.get("task_keywords") or {}
+        for key, value in (("skill_files", skill_files), ("task_to_skill", task_to_skill),
+                           ("task_keywords", task_keywords)):
+            if not isinstance(value, dict):
+                raise SkillLibraryError(f"{path}: '{key}' must be an object, got {type(value).__name__}")
+
+        resolved_root = root.resolve()
+        skills: dict[str, Skill] = {}
+        by_file: dict[str, str] = {}
+        for name, file_name in skill_files.items():
+            where = f"{path}: skill_files.{name}"
+            if not isinstance(file_name, str) or not file_name.strip():
+                raise SkillLibraryError(f"{where}: expected a file name, got {file_name!r}")
+            file_path = root / file_name
+            if not file_path.resolve().is_relative_to(resolved_root):
+                raise SkillLibraryError(f"{where}: {file_name!r} is outside the library folder")
+            if not file_path.is_file():
+                raise SkillLibraryError(f"{where}: skill file {file_path} does not exist")
+            rel = file_path.relative_to(root).as_posix()
+            if rel in by_file:
+                raise SkillLibraryError(f"{where}: {rel} is already the file of skill {by_file[rel]!r}")
+            by_file[rel] = name
+            skills[name] = replace(_read_skill(root, file_path), name=name)
+
+        task_skills: dict[str, Skill] = {}
+        for task_type, name in task_to_skill.items():
+            if not isinstance(name, str) or name not in skills:
+                raise SkillLibraryError(
+                    f"{path}: task_to_skill.{task_type} names skill {name!r}, which is not in skill_files "
+                    f"{sorted(skills)}"
+                )
+            task_skills[task_type] = skills[name]
+
+        keywords_by_type: dict[str, tuple[str, ...]] = {}
+        keywords: dict[str, str] = {}
+        for task_type, words in task_keywords.items():
+            where = f"{path}: task_keywords.{task_type}"
+            if task_type not in task_skills:
+                raise SkillLibraryError(f"{where}: task type is not in task_to_skill {sorted(task_skills)}")
+            if not isinstance(words, list) or not all(isinstance(w, str) and w for w in words):
+                raise SkillLibraryError(f"{where}: expected a list of non-empty strings, got {words!r}")
+            keywords_by_type[task_type] = tuple(words)
+            for word in words:
+                keywords.setdefault(word, task_type)
+
+        general = [skills[REFERENCE_GENERAL]] if REFERENCE_GENERAL in skills else []
+        arms = [skill for name, skill in skills.items() if name != REFERENCE_GENERAL]
+        return cls(root, general, task_skills, keywords, layout="reference", task_keywords=keywords_by_type,
+                   arms=arms)
+
     @staticmethod
     def _load_general(root: Path) -> list[Skill]:
         general_dir = root / "general"
@@ -299,8 +449,29 @@ class SkillLibrary:
         except KeyError:
             raise KeyError(f"no skill {skill_id!r} in {self.root}; known: {sorted(self._by_id)}") from None
 
+    def resolve_task_type(self, task_type: str | None) -> str | None:
+        """The library's task type for a row's given task type, or None (unknown/missing).
+
+        ``ours``: the same name. ``reference``: the first ``task_to_skill`` key (file order) that is
+        a substring of it, as the reference matches its keys against ALFWorld game paths."""
+        if not isinstance(task_type, str):
+            return None
+        if self.layout == "ours":
+            return task_type if task_type in self.task_skills else None
+        return next((key for key in self.task_skills if key in task_type), None)
+
+    def matching_task_types(self, text: str) -> list[str]:
+        """Every task type any of whose keywords occurs in ``text``, in mapping order
+        (``ours``: whole words, case-insensitive; ``reference``: substrings of the lower-cased text)."""
+        if self.layout == "reference":
+            lowered = text.lower()
+            return [t for t, words in self.task_keywords.items() if any(w in lowered for w in words)]
+        return [t for t, pattern in self._type_res.items() if pattern.search(text)]
+
     def infer_task_type(self, text: str) -> str | None:
         """The task type of the first keyword occurring in ``text`` (rules: module docstring)."""
+        if self.layout == "reference":
+            return next(iter(self.matching_task_types(text)), None)
         if self._keyword_re is None:
             return None
         match = self._keyword_re.search(text)
@@ -314,13 +485,24 @@ class SkillLibrary:
                     return candidate
         return task_type
 
-    def retrieval(self, skills: Sequence[Skill], task_type: str | None) -> Retrieval:
+    def compose(self, skills: Sequence[Skill]) -> str:
+        """The privileged text of ``skills`` (general first) in this library's layout: ours,
+        :func:`compose`; the authors', the bare texts joined by a blank line with ``""`` in place
+        of a missing general skill (the reference's ``"\\n\\n".join([general, *task skills])``)."""
+        if self.layout == "ours":
+            return compose(skills)
+        texts = [s.text for s in skills]
+        if not (self.general and skills and skills[0] is self.general[0]):
+            texts.insert(0, "")
+        return "\n\n".join(texts)
+
+    def retrieval(self, skills: Sequence[Skill], task_type: str | None, task_types: Sequence[str] = ()) -> Retrieval:
         """A ``Retrieval`` of ``skills`` (composed text cached per id sequence)."""
         ids = tuple(s.skill_id for s in skills)
         text = self._compositions.get(ids)
         if text is None:
-            text = self._compositions[ids] = compose(skills)
-        return Retrieval(text=text, skill_ids=ids, task_type=task_type)
+            text = self._compositions[ids] = self.compose(skills)
+        return Retrieval(text=text, skill_ids=ids, task_type=task_type, task_types=tuple(task_types))
 
 
 class Retriever(ABC):
@@ -367,16 +549,19 @@ class Retriever(ABC):
             raise SkillLibraryError(f"retriever state is for strategy {got!r}, this retriever is {self.strategy!r}")
 
     def _known(self, task_type: str | None) -> str | None:
-        """``task_type`` if the library has a skill for it; otherwise count it as unknown."""
-        if task_type is not None and task_type in self.library.task_skills:
-            return task_type
-        self.unknown[task_type] += 1
-        return None
+        """The library's task type for ``task_type`` (``SkillLibrary.resolve_task_type``); a
+        missing/unknown one is counted as unknown."""
+        known = self.library.resolve_task_type(task_type)
+        if known is None:
+            self.unknown[task_type] += 1
+        return known
 
     def _general_plus(self, task_type: str | None) -> Retrieval:
         if task_type is None:
             return self.library.retrieval(self.library.general, None)
-        return self.library.retrieval((*self.library.general, self.library.task_skills[task_type]), task_type)
+        return self.library.retrieval(
+            (*self.library.general, self.library.task_skills[task_type]), task_type, (task_type,)
+        )
 
 
 class TaskTypeRetriever(Retriever):
@@ -397,7 +582,33 @@ class KeywordRetriever(Retriever):
     def _retrieve(self, prompt: str | None, task_type: str | None) -> Retrieval:
         if prompt is None:
             raise TypeError("keyword retrieval needs the row's prompt text (prompt=...)")
-        return self._general_plus(self._known(self.library.infer_task_type(prompt)))
+        inferred = self.library.infer_task_type(prompt)  # already one of the library's task types
+        if inferred is None:
+            self.unknown[None] += 1
+        return self._general_plus(inferred)
+
+
+class KeywordAnyRetriever(Retriever):
+    """General skills + the skill of every task type any of whose keywords occurs in the prompt, in
+    mapping order (``SkillLibrary.matching_task_types``); none found: general only. The reference's
+    prompt-keyword rule. Ours: a skill file shared by several matched task types appears once; the
+    authors' layout: once per matched task type, as the reference appends it. ``task_type`` is
+    ignored; ``prompt`` is required."""
+
+    strategy = "keyword_any"
+
+    def _retrieve(self, prompt: str | None, task_type: str | None) -> Retrieval:
+        if prompt is None:
+            raise TypeError("keyword_any retrieval needs the row's prompt text (prompt=...)")
+        matched = self.library.matching_task_types(prompt)
+        if not matched:
+            self.unknown[None] += 1
+            return self.library.retrieval(self.library.general, None)
+        chosen = [self.library.task_skills[t] for t in matched]
+        if self.library.layout == "ours":
+            chosen = list({s.skill_id: s for s in chosen}.values())
+        single = matched[0] if len(matched) == 1 else None
+        return self.library.retrieval((*self.library.general, *chosen), single, matched)
 
 
 class FullRetriever(Retriever):
@@ -480,7 +691,8 @@ class UCBRetriever(Retriever):
         self._bandits[None] = self._fresh()
         self._order: dict[str | None, list[int]] = {}
         for t in [*sorted(library.task_skills), None]:
-            first = [] if t is None else [self._arm_index[library.task_skills[t].skill_id]]
+            mapped = None if t is None else self._arm_index.get(library.task_skills[t].skill_id)
+            first = [] if mapped is None else [mapped]
             self._order[t] = first + [i for i in range(len(library.arms)) if i not in first]
 
     def _fresh(self) -> _Arms:
@@ -585,7 +797,11 @@ class UCBRetriever(Retriever):
         return _Arms(pulls=list(pulls), reward_sum=[float(s) for s in sums])
 
 
-STRATEGIES = ("task_type", "keyword", "full", "random", "ucb")
+STRATEGIES = ("task_type", "keyword", "keyword_any", "full", "random", "ucb")
+PROMPT_STRATEGIES = ("keyword", "keyword_any")
+"""Strategies that read the row's prompt text (``retrieve(prompt=...)``)."""
+STATELESS_STRATEGIES = ("task_type", "keyword", "keyword_any", "full")
+"""Strategies whose choice depends on the row alone (no RNG, no learnt statistics)."""
 
 
 def make_retriever(strategy: str, library: SkillLibrary, *, seed: int = 0, ucb_c: float = math.sqrt(2.0)) -> Retriever:
@@ -595,6 +811,8 @@ def make_retriever(strategy: str, library: SkillLibrary, *, seed: int = 0, ucb_c
         return TaskTypeRetriever(library)
     if strategy == "keyword":
         return KeywordRetriever(library)
+    if strategy == "keyword_any":
+        return KeywordAnyRetriever(library)
     if strategy == "full":
         return FullRetriever(library)
     if strategy == "random":

@@ -25,6 +25,7 @@ import time
 import torch
 import transfer_queue as tq
 from tensordict import NonTensorStack, TensorDict
+from omegaconf import OmegaConf
 from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
@@ -69,6 +70,13 @@ def _nested(rows: list[torch.Tensor]) -> torch.Tensor:
     return torch.nested.as_nested_tensor(rows, layout=torch.jagged)
 
 
+def _plain_dict(node) -> dict:
+    """A config mapping (or None) as a plain dict."""
+    if node is None:
+        return {}
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
+
+
 def _put(batch: KVBatchMeta, **fields) -> KVBatchMeta:
     """Store fields on the batch's rows; the returned meta lists every stored field, the new ones included."""
     return tq.kv_batch_put(
@@ -93,7 +101,8 @@ class SDARTrainer(PPOTrainerSync):
             privileged = self.sdar.privileged
             self.teacher_builder = TeacherBuilder(
                 self.tokenizer, header=privileged.header, role=privileged.role, placement=privileged.placement,
-                max_prompt_length=self.sdar.teacher.max_prompt_length,
+                max_prompt_length=self.sdar.teacher.max_prompt_length, format=privileged.format,
+                chat_template_kwargs=_plain_dict(self.config.data.get("apply_chat_template_kwargs")),
             )
         if self.sdar.adds_loss_term:
             actor_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.actor)

@@ -19,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from .. import methods
 from ..names import PLACEMENTS, TRAINER_MODE
-from ..objectives import GATES
+from ..objectives import DIVERGENCES, GATES
+from ..teacher import FORMATS as PRIVILEGED_FORMATS
 
 OBJECTIVES = tuple(methods.OBJECTIVES)
 TURN_ROW_GRPO = "turn_row_grpo"  # the advantage estimator verl_sdar.advantages registers with verl
@@ -39,9 +40,13 @@ class PrivilegedConfig:
         key: with ``source=column``, the field inside each dataset row's ``extra_info`` that holds
             the privileged text. An empty string in a row means "no privileged context": the
             teacher then sees exactly the student's prompt. A row without the field is an error.
-        header: text placed before the privileged text inside the inserted block.
-        role: chat role of the inserted block (``system`` or ``user``).
+        header: text placed before the privileged text inside the inserted block (``chat_turn``).
+        role: chat role of the inserted block (``system`` or ``user``; ``chat_turn``).
         placement: ``start`` (first turn) or ``before_last_user`` (just before the last user turn).
+        format: ``chat_turn`` (a chat turn of the tokenizer's template holding ``header + text``) or
+            ``raw_prefix`` (the SDAR reference's ``"[Privileged Skill Information]\\n{text}\\n\\n"``
+            as raw text in front of the prompt's text; ``placement=start`` only). Both are spliced at
+            token level; see docs/teacher_build.md.
     """
 
     source: str = "column"
@@ -49,6 +54,7 @@ class PrivilegedConfig:
     header: str = "Useful knowledge for this task:\n"
     role: str = "system"
     placement: str = "start"
+    format: str = "chat_turn"
 
 
 @dataclass(frozen=True)
@@ -56,8 +62,9 @@ class SkillsConfig:
     """Skill retrieval for the teacher (``sdar.privileged.source=skills``); see ``verl_sdar.skills``.
 
     Attributes:
-        library: folder of the skill library (``general/``, ``task_types/``, ``mapping.yaml``).
-        strategy: ``task_type`` | ``keyword`` | ``full`` | ``random`` | ``ucb``.
+        library: folder of the skill library (``general/``, ``task_types/``, ``mapping.yaml``; or the
+            authors' layout, ``skill_mapping.json`` + markdown files).
+        strategy: ``task_type`` | ``keyword`` | ``keyword_any`` | ``full`` | ``random`` | ``ucb``.
         task_type_key: ``extra_info`` field naming a row's task type (``task_type``/``ucb``).
         seed: RNG seed of ``random``.
         ucb_c: exploration constant of ``ucb``.
@@ -111,17 +118,27 @@ class SDARConfig:
     * ``none``:     GRPO only; no teacher pass.
     * ``sdar``:     ``Agg(g_t * (t_t - s_t))`` with ``g_t = gate(beta, Delta_t)`` detached.
                     ``gate=constant`` (or ``beta=0`` with ``gap``) is naive GRPO+OPSD.
-    * ``opsd``:     reverse-KL self-distillation alone: the outcome advantages are zeroed, so the
-                    PPO term carries no gradient; ``L_obj`` = reverse-KL score-function term.
+    * ``opsd``:     the paper's OPSD: the same gated term, with the outcome advantages zeroed
+                    (policy-gradient coefficient 0); verl's KL and entropy terms still apply.
+    * ``opsd_rkl``: ours, not the paper's: advantages zeroed, ``L_obj`` = reverse-KL
+                    score-function term.
     * ``rlsd``:     no extra term; the advantages are reweighted per token (see ``RLSDConfig``).
-    * ``skill_sd``: ``Agg(rho_t * k3_t)``, ``k3 = exp(-d) - 1 + d``, ``d = s_t - t_t``,
-                    ``rho_t = exp(s_t - old_t)``.
+    * ``skill_sd``: ``Agg(rho_t * k3_t)``, ``k3 = exp(min(-d, 20)) - 1 + d``, ``d = s_t - t_t``,
+                    ``rho_t = exp(min(s_t - old_t, 10))`` (the reference's clamps).
 
     Attributes:
         objective: one of ``OBJECTIVES``.
         coef: lambda, the weight of ``L_obj`` (paper: 0.01 for SDAR, 0.001 for Skill-SD).
         beta: gate sharpness (paper: 5.0; 0 gives a constant gate 0.5).
         gate: ``gap`` | ``entropy`` | ``soft_or`` | ``constant``.
+        divergence: the divergence the gated term (objectives ``sdar``, ``opsd``) is built on, one of
+            ``DIVERGENCES``; ``reverse_kl`` is SDAR's own term, ``jsd`` and ``forward_kl`` are our
+            sampled-token constructions for the loss-form ablation (formulas in
+            ``verl_sdar.objectives.sdar_loss``).
+        student_prompt: Skill-GRPO (``algorithm=skill_grpo``): the agent loops put each row's
+            privileged text (from ``privileged.source``; ``skills`` with a stateless strategy) into
+            the student's own rollout prompt, as ``"[Privileged Skill Information]\\n{text}\\n\\n"``
+            in front of the user message, in training and validation.
         privileged: where the teacher's privileged text comes from and how it is inserted.
         skills: skill retrieval, with ``privileged.source=skills``.
         teacher: teacher pass settings (prompt budget).
@@ -132,6 +149,8 @@ class SDARConfig:
     coef: float = 0.01
     beta: float = 5.0
     gate: str = "gap"
+    divergence: str = "reverse_kl"
+    student_prompt: bool = False
     privileged: PrivilegedConfig = field(default_factory=PrivilegedConfig)
     skills: SkillsConfig = field(default_factory=SkillsConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -146,12 +165,19 @@ class SDARConfig:
             raise SDARConfigError(f"sdar.beta must be a finite number >= 0, got {self.beta!r}")
         if self.gate not in GATES:
             raise SDARConfigError(f"sdar.gate: unknown gate {self.gate!r}; expected one of {GATES}")
+        if self.divergence not in DIVERGENCES:
+            raise SDARConfigError(
+                f"sdar.divergence: unknown divergence {self.divergence!r}; expected one of {DIVERGENCES}"
+            )
         if self.privileged.source not in ("column", "skills"):
             raise SDARConfigError(
                 f"sdar.privileged.source must be 'column' or 'skills', got {self.privileged.source!r}"
             )
-        if self.needs_teacher and self.privileged.source == "skills":
-            from ..skills import STRATEGIES
+        uses_privileged = self.needs_teacher or self.student_prompt
+        if not isinstance(self.student_prompt, bool):
+            raise SDARConfigError(f"sdar.student_prompt must be true or false, got {self.student_prompt!r}")
+        if uses_privileged and self.privileged.source == "skills":
+            from ..skills import STATELESS_STRATEGIES, STRATEGIES
 
             if not self.skills.library:
                 raise SDARConfigError("sdar.skills.library: privileged.source=skills needs a skill library folder")
@@ -159,8 +185,13 @@ class SDARConfig:
                 raise SDARConfigError(
                     f"sdar.skills.strategy: unknown strategy {self.skills.strategy!r}; expected one of {STRATEGIES}"
                 )
+            if self.student_prompt and self.skills.strategy not in STATELESS_STRATEGIES:
+                raise SDARConfigError(
+                    f"sdar.skills.strategy={self.skills.strategy!r} cannot fill the student's prompt "
+                    f"(sdar.student_prompt): use one of {STATELESS_STRATEGIES}"
+                )
         if (
-            self.needs_teacher
+            uses_privileged
             and self.privileged.source == "column"
             and not (isinstance(self.privileged.key, str) and self.privileged.key.strip())
         ):
@@ -172,6 +203,16 @@ class SDARConfig:
             raise SDARConfigError(
                 f"sdar.privileged.placement: unknown placement {self.privileged.placement!r}; "
                 f"expected one of {PLACEMENTS}"
+            )
+        if self.privileged.format not in PRIVILEGED_FORMATS:
+            raise SDARConfigError(
+                f"sdar.privileged.format: unknown format {self.privileged.format!r}; "
+                f"expected one of {PRIVILEGED_FORMATS}"
+            )
+        if self.privileged.format == "raw_prefix" and self.privileged.placement != "start":
+            raise SDARConfigError(
+                "sdar.privileged.format=raw_prefix goes in front of the prompt's text: "
+                "set sdar.privileged.placement=start"
             )
         if self.privileged.role not in ("system", "user"):
             raise SDARConfigError(f"sdar.privileged.role must be 'system' or 'user', got {self.privileged.role!r}")
@@ -252,7 +293,7 @@ class SDARConfig:
                 "use trainer.v1.trainer_mode=sdar (set by algorithm=sdar) or drop the sdar key"
             )
         sdar = cls.from_dict(OmegaConf.to_container(raw, resolve=True))
-        if sdar.needs_teacher and sdar.privileged.source == "skills":
+        if (sdar.needs_teacher or sdar.student_prompt) and sdar.privileged.source == "skills":
             from ..skills import SkillLibrary, SkillLibraryError
 
             try:

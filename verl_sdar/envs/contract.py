@@ -28,9 +28,9 @@ field (constant)                   writers / readers
 ``goal`` (``GOAL``)                W: WebShop dataset (JSON).  R: WebShop loop
 ``won`` (``WON``)                  W: agent loops, on every row (the episode's result); envs' step
                                    ``info``.  R: trainer episode metrics, ALFWorld reward, agent loops
-``invalid_action_penalty``         W: agent loops, per row (turn loops: the row's own turn; Search:
-(``INVALID_ACTION_PENALTY``)       coef x invalid turns).  R: trainer (``verl_sdar.advantages``), the
-                                   only place it is subtracted from a row's reward
+``invalid_action_penalty``         W: agent loops, per row (turn loops, turn-row Search: the row's own
+(``INVALID_ACTION_PENALTY``)       turn; single-row Search: coef x invalid turns).  R: trainer
+                                   (``verl_sdar.advantages``), the only place it is subtracted
 ``invalid_reason``                 W: agent loops (``""`` when valid).  R: logs, tests
 (``INVALID_REASON``)
 ``env_error`` (``ENV_ERROR``)      W: turn loops, per row (the failed step's error, else ``""``); the
@@ -40,7 +40,7 @@ field (constant)                   writers / readers
 ``episode_steps``                  W: turn loops, on every row.  R: ALFWorld and WebShop rewards
 (``EPISODE_STEPS``)
 ``turn``, ``action``, ``valid``    W: turn loops, per row.  R: logs, tests
-``env_seconds``,                   W: turn loops (Search: ``episode_seconds`` only).  R: logs
+``env_seconds``,                   W: turn loops (single-row Search: ``episode_seconds`` only).  R: logs
 ``episode_seconds``,
 ``num_turns_total``
 ``answer``, ``searches``,          W: Search loop.  R: Search reward

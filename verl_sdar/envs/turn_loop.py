@@ -18,6 +18,11 @@ trainer to subtract (:mod:`verl_sdar.advantages`). Field names: :mod:`verl_sdar.
 
 Env calls run in a worker thread (``asyncio`` is never blocked); an env error or timeout ends
 the episode as failed, logs the reason and is recorded in ``extra_fields["env_error"]``.
+
+Skill-GRPO (``sdar.student_prompt=true``, :func:`verl_sdar.privileged.student_privileged`):
+once per episode, after the reset, the row's privileged text is chosen (keyword strategies match the
+task text the env returned, else the first observation) and every turn's user message starts with
+``"[Privileged Skill Information]\n{text}\n\n"``.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from verl_sdar.envs.contract import (
 )
 from verl_sdar.envs.loop_base import EnvAgentLoop
 from verl_sdar.envs.turn_prompts import project_action
+from verl_sdar.privileged import student_privileged
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
@@ -114,6 +120,7 @@ class TurnRowAgentLoop(EnvAgentLoop):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.prompt_length = self.rollout_config.prompt_length
+        self.student_privileged = student_privileged(self.config)  # Skill-GRPO; None when off
 
     # ------------------------------------------------------------------ hooks
     def open_env(self) -> Any:
@@ -170,10 +177,11 @@ class TurnRowAgentLoop(EnvAgentLoop):
                 logger.warning("%s episode %s: %s", self.ENV_NAME, base, error)
                 return [await self._failed_reset_output(error, base, plain(kwargs.get("global_steps")))]
 
+            skill = self.skill_prefix(extra_info, task or obs)
             history: list[tuple[str, str]] = []
             env_time = 0.0
             for turn in range(self.max_steps):
-                prompt_ids = await self._render(self.prompt(task, obs, admissible, history))
+                prompt_ids = await self._render(skill + self.prompt(task, obs, admissible, history))
                 metrics: dict[str, Any] = {}
                 with simple_timer("generate_sequences", metrics):
                     request_id = (
@@ -261,6 +269,12 @@ class TurnRowAgentLoop(EnvAgentLoop):
                 }
             )
         return outputs
+
+    def skill_prefix(self, extra_info: dict, task_text: str) -> str:
+        """Skill-GRPO: the text in front of every user message of the episode (``""`` when off)."""
+        if self.student_privileged is None:
+            return ""
+        return self.student_privileged.prefix(extra_info, prompt=task_text)
 
     def row_fields(self, extra_info: dict) -> dict[str, Any]:
         """Fields of the dataset row repeated on every turn row (``task_type`` at least)."""

@@ -12,6 +12,10 @@ Configuration (top-level ``env`` block of the trainer config, verl-agent names):
 (50), ``history_length`` (2), ``invalid_action_penalty_coef`` (0.1), ``use_invalid_action_penalty``
 (true), ``step_timeout_s`` (60), ``reset_timeout_s`` (120). Keys given in the agent loop config
 file (``actor_rollout_ref.rollout.agent.agent_loop_config_path``) override them.
+
+Skill-GRPO (``algorithm=skill_grpo``): every user message starts with the row's skills
+(``sdar.skills``, strategy ``task_type``: the game's task type), see
+:class:`~verl_sdar.envs.turn_loop.TurnRowAgentLoop`.
 """
 
 from __future__ import annotations

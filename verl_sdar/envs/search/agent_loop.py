@@ -1,5 +1,11 @@
 """verl agent loop ``search``: Search-R1-style question answering, one training row per episode.
 
+``env.turn_rows: true`` selects the other mode of the same agent name instead: one training row
+per turn, verl-agent style (the paper's setup; :mod:`verl_sdar.envs.search.turn_agent_loop`).
+Constructing :class:`SearchAgentLoop` then returns a
+:class:`~verl_sdar.envs.search.turn_agent_loop.SearchTurnAgentLoop`, so dataset rows keep
+``agent_name = "search"`` in both modes. What follows describes the single-row mode.
+
 The row's question (``extra_info.question``) goes into one user message (:mod:`.prompts`). For up
 to ``env.max_steps`` turns the model continues the assistant message; each turn's first
 ``<search>``/``<answer>`` block decides what happens (tokens after its closing tag are dropped):
@@ -15,7 +21,8 @@ to ``env.max_steps`` turns the model continues the assistant message; each turn'
 The whole episode stays in the one sequence, so every earlier turn is in context (Search-R1);
 ``env.history_length`` must therefore be at least ``env.max_steps``.
 
-Configuration (top-level ``env`` block): ``max_steps`` (4), ``history_length`` (4),
+Configuration (top-level ``env`` block, or keys of the agent-loop config entry): ``turn_rows``
+(false: this mode), ``max_steps`` (4), ``history_length`` (4),
 ``invalid_action_penalty_coef`` (0.01), ``use_invalid_action_penalty`` (true), ``retriever``:
 ``{url: null, corpus_path: null, topk: 3, timeout_s: 30}``: a Search-R1 server URL, else BM25
 over ``corpus_path`` in process.
@@ -23,10 +30,6 @@ over ``corpus_path`` in process.
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import logging
-import os
 import time
 from typing import Any
 from uuid import uuid4
@@ -34,7 +37,7 @@ from uuid import uuid4
 from verl.experimental.agent_loop.agent_loop import AgentLoopOutput, register
 from verl.utils.profiler import simple_timer
 
-from verl_sdar.envs.common import locked_cache, plain
+from verl_sdar.envs.common import plain
 from verl_sdar.envs.contract import (
     ANSWER,
     EPISODE_SECONDS,
@@ -49,43 +52,19 @@ from verl_sdar.envs.contract import (
     WON,
 )
 from verl_sdar.envs.loop_base import EnvAgentLoop
+from verl_sdar.envs.search.loop_common import (  # noqa: F401 - DEFAULTS, get_retriever: this module's API too
+    DEFAULTS,
+    cut_after,
+    get_retriever,
+    retrieve,
+    turn_rows_selected,
+)
 from verl_sdar.envs.search.prompts import INVALID_FEEDBACK, build_prompt, information_block, parse_action
-from verl_sdar.envs.search.retrieval import Retriever, format_hits, make_retriever
+from verl_sdar.privileged import student_privileged
 from verl_sdar.envs.search.reward import exact_match, golden_answers
-
-logger = logging.getLogger(__name__)
-logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
+from verl_sdar.envs.search.turn_agent_loop import SearchTurnAgentLoop
 
 AGENT_NAME = "search"
-DEFAULTS: dict[str, Any] = {
-    "max_steps": 4,
-    "history_length": 4,
-    "invalid_action_penalty_coef": 0.01,
-    "use_invalid_action_penalty": True,
-    "retriever": {"url": None, "corpus_path": None, "topk": 3, "timeout_s": 30.0},
-}
-
-@locked_cache
-def get_retriever(url: str | None, corpus_path: str | None) -> Retriever:
-    """One retriever per (url, corpus) per process (the BM25 index is built once)."""
-    return make_retriever(url=url, corpus_path=corpus_path)
-
-
-def cut_after(decode, ids: list[int], end_char: int, text_len: int) -> int:
-    """Smallest ``k`` with ``len(decode(ids[:k])) >= end_char`` (the prefix holds the action).
-
-    ``decode`` of a prefix is monotone in length for a byte-level tokenizer; binary search.
-    """
-    if end_char >= text_len:
-        return len(ids)
-    lo, hi = 1, len(ids)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if len(decode(ids[:mid])) >= end_char:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
 
 
 @register(AGENT_NAME)
@@ -96,6 +75,12 @@ class SearchAgentLoop(EnvAgentLoop):
 
     DEFAULTS = DEFAULTS
 
+    def __new__(cls, *args, **kwargs):
+        if cls is SearchAgentLoop and turn_rows_selected(kwargs):
+            # not a SearchAgentLoop: Python does not run SearchAgentLoop.__init__ on it
+            return SearchTurnAgentLoop(*args, **kwargs)
+        return super().__new__(cls)
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.history_length < self.max_steps:
@@ -103,6 +88,7 @@ class SearchAgentLoop(EnvAgentLoop):
                 f"env.history_length={self.settings['history_length']} < env.max_steps={self.max_steps}: the search "
                 "loop keeps the whole episode in one sequence, so every turn is always in context"
             )
+        self.student_privileged = student_privileged(self.config)  # Skill-GRPO; None when off
         retriever = self.settings["retriever"]
         self.topk = int(retriever["topk"])
         self.retrieval_timeout = float(retriever["timeout_s"])
@@ -122,8 +108,10 @@ class SearchAgentLoop(EnvAgentLoop):
         if not question:
             raise ValueError("search agent loop: the row has no extra_info.question")
         answers = golden_answers(reward_model.get("ground_truth"))
+        # Skill-GRPO: the row's skills in front of the student's own prompt ("" when off)
+        prefix = self.student_privileged.prefix(extra_info, prompt=question) if self.student_privileged else ""
         prompt_ids = await self.ct_build_initial_tokens(
-            [{"role": "user", "content": build_prompt(question, self.max_steps)}]
+            [{"role": "user", "content": prefix + build_prompt(question, self.max_steps)}]
         )
         response_ids: list[int] = []
         mask: list[int] = []
@@ -165,19 +153,10 @@ class SearchAgentLoop(EnvAgentLoop):
                 break
             if action.kind == "search":
                 searches += 1
-                t0 = time.perf_counter()
-                try:
-                    hits = await asyncio.wait_for(
-                        self.loop.run_in_executor(
-                            None, functools.partial(self.retriever.search, [action.content], self.topk)
-                        ),
-                        self.retrieval_timeout,
-                    )
-                    results = format_hits(hits[0])
-                except Exception as e:  # noqa: BLE001 - a failed search is an observation, never a crash
-                    logger.warning("search: retrieval failed for %r: %s", action.content, e)
-                    results = f"Search failed ({type(e).__name__})."
-                retrieval_s += time.perf_counter() - t0
+                results, _error, seconds = await retrieve(
+                    self.retriever, action.content, self.topk, self.retrieval_timeout
+                )
+                retrieval_s += seconds
                 feedback = information_block(results)
             else:
                 invalid += 1

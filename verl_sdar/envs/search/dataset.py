@@ -13,8 +13,21 @@ last ``Question:`` in the prompt)::
     python -m verl_sdar.envs.search.dataset OUT_DIR --search-r1-train train.parquet --search-r1-val test.parquet
 
 Each row: ``agent_name = "search"``, the question as the user message, ``reward_model.ground_truth
-= {"target": [answers]}`` and ``extra_info`` with ``question``, ``task_type`` (``direct_lookup`` |
-``multi_hop`` | ``comparison``: the skill key), ``split`` and ``privileged`` ("").
+= {"target": [answers]}`` and ``extra_info`` with ``question``, ``task_type`` (the skill key, see
+:func:`question_type`), ``split`` and ``privileged`` ("").
+
+Task types follow the reference's keyword rule (the paper's default skill retrieval), by data
+source and question wording, first match wins:
+
+1. ``popqa`` -> ``entity_attribute``;
+2. ``nq``, ``triviaqa`` -> ``direct_lookup``;
+3. ``hotpotqa`` -> ``multi_hop``;
+4. a question with the words "which" and "or" and without the word "for" -> ``comparison``;
+5. ``2wikimultihopqa``, ``musique``, ``bamboogle`` -> ``multi_hop``;
+6. otherwise the row's own type when its set has one (our countryinfo questions), else
+   ``general``: a type with no task-type skill, so the teacher gets the general skills only.
+
+Words are matched whole and case-insensitively ("or" does not match inside "world").
 """
 
 from __future__ import annotations
@@ -30,18 +43,35 @@ from verl_sdar.envs.search.reward import golden_answers
 
 AGENT_NAME = "search"
 DATA_SOURCE = "countryinfo"
-# Search-R1 data sources -> question type (the skill key); comparison questions are detected by wording
-SOURCE_TYPES = {
-    "nq": "direct_lookup", "triviaqa": "direct_lookup", "popqa": "direct_lookup",
-    "hotpotqa": "multi_hop", "2wikimultihopqa": "multi_hop", "musique": "multi_hop", "bamboogle": "multi_hop",
-}
-_COMPARISON = re.compile(r"\b(which|who|what)\b.*\b(or)\b.*\?\s*$", re.IGNORECASE)
+# task types (the keys of envs/search/skills/mapping.yaml, except GENERAL)
+ENTITY_ATTRIBUTE = "entity_attribute"
+DIRECT_LOOKUP = "direct_lookup"
+MULTI_HOP = "multi_hop"
+COMPARISON = "comparison"
+GENERAL = "general"  # no task-type skill: general skills only
+# the reference's rule, in its order: sources decided before the question wording is looked at ...
+SOURCE_TYPES_FIRST = {"popqa": ENTITY_ATTRIBUTE, "nq": DIRECT_LOOKUP, "triviaqa": DIRECT_LOOKUP, "hotpotqa": MULTI_HOP}
+# ... and after it
+SOURCE_TYPES_AFTER = {"2wikimultihopqa": MULTI_HOP, "musique": MULTI_HOP, "bamboogle": MULTI_HOP}
+_WORD = re.compile(r"[a-z0-9]+")
 
 
-def question_type(question: str, data_source: str) -> str:
-    if _COMPARISON.search(question) and data_source in ("hotpotqa", "2wikimultihopqa", "countryinfo"):
-        return "comparison"
-    return SOURCE_TYPES.get(data_source, "direct_lookup")
+def is_comparison_question(question: str) -> bool:
+    """The words "which" and "or" occur, the word "for" does not (whole words, any case)."""
+    words = set(_WORD.findall(question.lower()))
+    return "which" in words and "or" in words and "for" not in words
+
+
+def question_type(question: str, data_source: str, own_type: str | None = None) -> str:
+    """The task type of a question (rule: module docstring); ``own_type``: the set's own label."""
+    source = str(data_source).strip().lower()
+    if source in SOURCE_TYPES_FIRST:
+        return SOURCE_TYPES_FIRST[source]
+    if is_comparison_question(question):
+        return COMPARISON
+    if source in SOURCE_TYPES_AFTER:
+        return SOURCE_TYPES_AFTER[source]
+    return own_type or GENERAL
 
 
 def make_row(question: str, answers: list[str], task_type: str, data_source: str, split: str, index: int) -> dict:
@@ -63,7 +93,9 @@ def make_row(question: str, answers: list[str], task_type: str, data_source: str
 def rows_from_qa(path: str | Path, split: str, limit: int = 0) -> list[dict]:
     qa = read_jsonl(path)[: limit or None]
     return [
-        make_row(q["question"], q["golden_answers"], q["task_type"], DATA_SOURCE, split, i) for i, q in enumerate(qa)
+        make_row(q["question"], q["golden_answers"], question_type(q["question"], DATA_SOURCE, q["task_type"]),
+                 DATA_SOURCE, split, i)
+        for i, q in enumerate(qa)
     ]
 
 

@@ -12,6 +12,10 @@ When the agent buys, WebShop's reward is written on every turn row (``webshop_re
 Configuration (top-level ``env`` block): ``max_steps`` (15), ``history_length`` (2),
 ``invalid_action_penalty_coef`` (0.1), ``use_invalid_action_penalty`` (true), ``catalogue_dir``
 (the folder written by ``python -m verl_sdar.envs.webshop.catalogue``).
+
+Skill-GRPO (``algorithm=skill_grpo``): every user message starts with the row's skills
+(``sdar.skills``; strategy ``keyword_any``, the reference's rule, matches the goal text), see
+:class:`~verl_sdar.envs.turn_loop.TurnRowAgentLoop`.
 """
 
 from __future__ import annotations
