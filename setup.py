@@ -40,8 +40,18 @@ setup(
         "webshop": ["bm25s>=0.3,<0.4"],
         # plots of benchmarks/curves.py --report
         "bench": ["matplotlib>=3.8,<4"],
-        # GPU only; never installed in CI.
-        "vllm": ["vllm"],
+        # GPU only; never installed in CI. Exactly what verl 0.9.1's own `vllm` extra pins (verl's
+        # vLLM server uses vLLM internals: another vLLM fails at start-up). tests/test_packaging.py
+        # reads verl's installed metadata and fails when these and verl's disagree. Install torch
+        # 2.11.0 (a CUDA build) with it. Untested here: no GPU in this project's CI.
+        "vllm": [
+            f"verl[vllm]=={VERL_VERSION}",
+            "vllm==0.24.0",
+            "torch==2.11.0",
+            "torchvision==0.26.0",
+            "torchaudio==2.11.0",
+            "transformers==5.9.0",
+        ],
     },
     entry_points={
         # `import verl` loads this in the driver and in every Ray worker.

@@ -65,6 +65,7 @@ MODULE_TIERS = {
     "test_import_graph.py": "unit",
     "test_methods.py": "unit",
     "test_objectives.py": "unit",
+    "test_packaging.py": "unit",
     "test_plugin.py": "unit",                 # + the Ray worker test (e2e, ray_cluster)
     "test_recipes.py": "unit",
     "test_search.py": "envs",                 # + one main_ppo test (e2e)
@@ -83,6 +84,10 @@ TEST_TIERS: dict[str, str] = {
     "test_alfworld_warmstart.py::test_sft_loss_mask_covers_the_response_only_and_training_lowers_the_loss": "e2e",
     "test_cpu_platform.py::test_import_verl_picks_the_cpu_platform_in_a_fresh_process": "e2e",  # a fresh `import verl`
     "test_tiny_model.py::test_cli": "e2e",                                       # a fresh process builds the model
+    # 63 GPU recipes composed each (about 2 minutes together): make test runs them, test-fast does not
+    "test_recipes.py::test_gpu_recipes_compose_with_the_paper_hyperparameters": "e2e",
+    "test_fidelity.py::test_every_gpu_recipe_agrees_with_the_fidelity_table": "e2e",
+    "test_plugin.py::test_no_cpu_patch_is_active_in_a_process_whose_platform_is_not_cpu": "e2e",  # a fresh process
 }
 RAY_FIXTURES = {"ray_cluster"}
 MAIN_PPO_NAMES = {"run_main_ppo", "run_recipe"}  # tests/main_ppo_runner.py (run_recipe: test_e2e_cpu's alias)

@@ -4,6 +4,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -11,6 +12,7 @@ from omegaconf import OmegaConf
 
 from verl_sdar.config import OBJECTIVES, SDARConfig, SDARConfigError
 
+REPO = Path(__file__).resolve().parents[1]
 VERL_CONFIG_MODULE = "verl.trainer.config"
 GROUPS = {
     "sdar": dict(objective="sdar", coef=0.01, beta=5.0, gate="gap"),
@@ -138,14 +140,24 @@ def test_sdar_trainer_without_sdar_settings_is_an_error():
         SDARConfig.from_config(composed("trainer.v1.trainer_mode=sdar"))
 
 
-def test_main_ppo_rejects_a_bad_value_before_starting_ray(tmp_path):
-    """The real entry point: the Hydra callback fails the job at start-up, naming the key."""
-    env = dict(os.environ, HYDRA_FULL_ERROR="1", RAY_ADDRESS="")
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["algorithm=sdar", "sdar.gate=nope"],
+        # a recipe with callbacks of its own (CPU defaults): ours still runs and stops the job
+        [f"--config-path={REPO / 'recipes' / 'cpu'}", "--config-name=codeword_sdar", "sdar.gate=nope"],
+    ],
+    ids=["plain", "recipe"],
+)
+def test_main_ppo_rejects_a_bad_value_before_starting_ray(tmp_path, command):
+    """The real entry point: the Hydra callback stops the job at start-up, naming the key (Hydra
+    turns a callback's ordinary exception into a warning and runs on, so the callback exits)."""
+    env = dict(os.environ, HYDRA_FULL_ERROR="1", RAY_ADDRESS="", VERL_SDAR_WORK=str(tmp_path))
     proc = subprocess.run(
-        [sys.executable, "-m", "verl.trainer.main_ppo", "algorithm=sdar", "sdar.gate=nope",
-         f"hydra.run.dir={tmp_path}"],
+        [sys.executable, "-m", "verl.trainer.main_ppo", *command, f"hydra.run.dir={tmp_path}"],
         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
     )
     assert proc.returncode != 0
-    assert "sdar.gate: unknown gate 'nope'" in proc.stderr
+    assert "verl-sdar: invalid configuration: sdar.gate: unknown gate 'nope'" in proc.stderr, proc.stderr[-3000:]
+    assert "Callback ValidateOnJobStart.on_job_start raised" not in proc.stderr  # not swallowed as a warning
     assert "ray init kwargs" not in proc.stdout  # failed before verl started Ray

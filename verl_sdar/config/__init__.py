@@ -306,7 +306,15 @@ class SDARConfig:
 
 
 class ValidateOnJobStart(Callback):
-    """Hydra callback (``hydra.callbacks``): validate ``sdar.*`` before the job starts Ray."""
+    """Hydra callback (``hydra.callbacks``): validate ``sdar.*`` before the job starts Ray.
+
+    Hydra 1.3 turns an exception raised in a callback into a warning and runs the job anyway, so a
+    bad value is reported as ``SystemExit`` (which Hydra lets through): the job stops, exit status 1,
+    with the message naming the key.
+    """
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        SDARConfig.from_config(config)
+        try:
+            SDARConfig.from_config(config)
+        except SDARConfigError as exc:
+            raise SystemExit(f"verl-sdar: invalid configuration: {exc}") from exc
