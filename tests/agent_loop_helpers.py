@@ -31,8 +31,9 @@ class FakeServer:
         return TokenOutput(token_ids=ids, log_probs=[-1.0] * len(ids), num_preempted=0)
 
 
-def make_agent_loop(cls, tokenizer, server, env: dict, response_length=512, prompt_length=4096):
-    """An agent loop of class ``cls`` with a minimal trainer config (``env`` block as given)."""
+def make_agent_loop(cls, tokenizer, server, env: dict, response_length=512, prompt_length=4096,
+                    sdar: dict | None = None):
+    """An agent loop of class ``cls`` with a minimal trainer config (``env`` and, if given, ``sdar`` blocks)."""
     from omegaconf import OmegaConf
     from verl.experimental.agent_loop.agent_loop import DictConfigWrap
     from verl.utils.dataset.rl_dataset import RLHFDataset
@@ -42,6 +43,7 @@ def make_agent_loop(cls, tokenizer, server, env: dict, response_length=512, prom
             "actor_rollout_ref": {"rollout": {"prompt_length": prompt_length, "response_length": response_length}},
             "data": {},
             "env": env,
+            **({"sdar": sdar} if sdar is not None else {}),
         }
     )
     return cls(

@@ -572,10 +572,8 @@ def test_turn_rows_student_prefix_hook_and_retrieval_failure(tokenizer, qa_dir):
 
 
 # ----------------------------------------------------------------------------- main_ppo on CPU
-def test_one_sdar_step_through_main_ppo(tmp_path, qa_dir):
-    """One SDAR step (validation before it) of verl's real main_ppo on CPU: tiny model, BM25 search,
-    skills retrieved by question type as the teacher's privileged context."""
-
+def _main_ppo_data(tmp_path, qa_dir):
+    """Tiny model and 8 train / 6 val questions under ``tmp_path`` (the CPU recipe's layout)."""
     from verl_sdar.envs.search.dataset import write
     from verl_sdar.tiny_model import build_tiny_model
 
@@ -584,6 +582,13 @@ def test_one_sdar_step_through_main_ppo(tmp_path, qa_dir):
     write({"train": rows_from_qa(qa_dir / "train.jsonl", "train", 8),
            "val": rows_from_qa(qa_dir / "test.jsonl", "test", 6)},
           tmp_path / "search")
+
+
+def test_one_sdar_step_through_main_ppo(tmp_path, qa_dir):
+    """One SDAR step (validation before it) of verl's real main_ppo on CPU: tiny model, BM25 search,
+    skills retrieved by question type as the teacher's privileged context."""
+
+    _main_ppo_data(tmp_path, qa_dir)
     records = run_main_ppo(
         tmp_path, "search/tiny_cpu_sdar",
         "trainer.total_training_steps=1", "trainer.val_before_train=true", "data.shuffle=false",
@@ -604,14 +609,7 @@ def test_one_sdar_step_with_turn_rows_through_main_ppo(tmp_path, qa_dir):
     """The paper's setup through verl's real main_ppo on CPU: one row per turn (``env.turn_rows``),
     turn-row GRPO, validation before one SDAR step, skills by the rows' task type."""
 
-    from verl_sdar.envs.search.dataset import write
-    from verl_sdar.tiny_model import build_tiny_model
-
-    build_tiny_model(tmp_path / "tiny-model", seed=0)
-    (tmp_path / "search-qa").symlink_to(qa_dir)
-    write({"train": rows_from_qa(qa_dir / "train.jsonl", "train", 8),
-           "val": rows_from_qa(qa_dir / "test.jsonl", "test", 6)},
-          tmp_path / "search")
+    _main_ppo_data(tmp_path, qa_dir)
     records = run_main_ppo(
         tmp_path, "search/tiny_cpu_sdar",
         "trainer.total_training_steps=1", "trainer.val_before_train=true", "data.shuffle=false",

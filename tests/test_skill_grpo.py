@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from agent_loop_helpers import FakeServer, run_episode
+from agent_loop_helpers import FakeServer, make_agent_loop, run_episode
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
@@ -128,25 +128,7 @@ def test_teacher_source_passes_the_prompt_text_to_keyword_any():
 # ----------------------------------------------------------------------------- agent loops
 def make_loop(cls, tokenizer, server, env: dict, sdar: dict | None):
     """An agent loop with a minimal trainer config holding ``env`` and ``sdar`` blocks."""
-    from verl.experimental.agent_loop.agent_loop import DictConfigWrap
-    from verl.utils.dataset.rl_dataset import RLHFDataset
-
-    config = OmegaConf.create(
-        {
-            "actor_rollout_ref": {"rollout": {"prompt_length": 8192, "response_length": 512}},
-            "data": {},
-            "env": env,
-            **({"sdar": sdar} if sdar is not None else {}),
-        }
-    )
-    return cls(
-        trainer_config=DictConfigWrap(config),
-        server_manager=server,
-        tokenizer=tokenizer,
-        processor=None,
-        dataset_cls=RLHFDataset,
-        data_config=DictConfigWrap(config.data),
-    )
+    return make_agent_loop(cls, tokenizer, server, env, prompt_length=8192, sdar=sdar)
 
 
 def skills_sdar(library, strategy):

@@ -56,6 +56,7 @@ from verl_sdar.envs.search.loop_common import (  # noqa: F401 - DEFAULTS, get_re
     DEFAULTS,
     cut_after,
     get_retriever,
+    open_retriever,
     retrieve,
     turn_rows_selected,
 )
@@ -89,10 +90,7 @@ class SearchAgentLoop(EnvAgentLoop):
                 "loop keeps the whole episode in one sequence, so every turn is always in context"
             )
         self.student_privileged = student_privileged(self.config)  # Skill-GRPO; None when off
-        retriever = self.settings["retriever"]
-        self.topk = int(retriever["topk"])
-        self.retrieval_timeout = float(retriever["timeout_s"])
-        self.retriever = get_retriever(retriever.get("url"), retriever.get("corpus_path"))
+        self.retriever, self.topk, self.retrieval_timeout = open_retriever(self.settings)
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)

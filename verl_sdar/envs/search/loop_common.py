@@ -51,6 +51,13 @@ async def retrieve(retriever: Retriever, query: str, topk: int, timeout_s: float
         return f"Search failed ({type(e).__name__}).", error, time.perf_counter() - t0
 
 
+def open_retriever(settings: dict[str, Any]) -> tuple[Retriever, int, float]:
+    """``(retriever, topk, timeout_s)`` from the loop's ``env.retriever`` settings (retriever cached per process)."""
+    retriever = settings["retriever"]
+    opened = get_retriever(retriever.get("url"), retriever.get("corpus_path"))
+    return opened, int(retriever["topk"]), float(retriever["timeout_s"])
+
+
 def turn_rows_selected(kwargs: dict[str, Any]) -> bool:
     """Whether an agent-loop construction asks for the turn-row mode: ``turn_rows`` in the
     agent-loop config entry (a constructor keyword), else ``env.turn_rows`` of the trainer config."""

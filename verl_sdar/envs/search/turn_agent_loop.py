@@ -66,7 +66,7 @@ from verl_sdar.envs.contract import (
     WON,
 )
 from verl_sdar.envs.search.loop_common import DEFAULTS as EPISODE_DEFAULTS
-from verl_sdar.envs.search.loop_common import cut_after, get_retriever, retrieve
+from verl_sdar.envs.search.loop_common import cut_after, open_retriever, retrieve
 from verl_sdar.envs.search.prompts import (
     Turn,
     clip_text,
@@ -92,10 +92,7 @@ class SearchTurnAgentLoop(TurnRowAgentLoop):
         super().__init__(*args, **kwargs)
         if self.max_steps < 1:
             raise ValueError(f"env.max_steps must be >= 1, got {self.max_steps}")
-        retriever = self.settings["retriever"]
-        self.topk = int(retriever["topk"])
-        self.retrieval_timeout = float(retriever["timeout_s"])
-        self.retriever = get_retriever(retriever.get("url"), retriever.get("corpus_path"))
+        self.retriever, self.topk, self.retrieval_timeout = open_retriever(self.settings)
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
