@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="docs/warmstart.md")
     p.add_argument("--n-train", type=int, default=360)
     p.add_argument("--n-eval", type=int, default=24)
-    p.add_argument("--skills", default=str(REPO / "envs" / "alfworld" / "skills"))
+    p.add_argument("--skills", default="builtin:alfworld")
     p.add_argument("--privileged", choices=("route", "skills"), default="route")
     p.add_argument("--fraction", type=float, default=0.5, help="share of train games whose samples get the block")
     p.add_argument("--hidden-size", type=int, default=192)

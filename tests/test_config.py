@@ -97,6 +97,9 @@ def test_without_algorithm_the_config_is_stock_verl(monkeypatch):
         ("trainer.v1.trainer_mode=sync", "trainer.v1.trainer_mode"),
         ("sdar.privileged.placement=middle", "sdar.privileged.placement"),
         ("sdar.teacher.max_prompt_length=0", "sdar.teacher.max_prompt_length"),
+        ("sdar.teacher.source=oracle", "sdar.teacher.source"),
+        # the reference teacher needs verl's reference policy, which only the KL terms build
+        ("sdar.teacher.source=reference actor_rollout_ref.actor.use_kl_loss=false", "sdar.teacher.source"),
         ("sdar.privileged.source=db", "sdar.privileged.source"),
         ("sdar.privileged.source=skills", "sdar.skills.library"),
         ("sdar.privileged.source=skills sdar.skills.library=/nonexistent/lib", "sdar.skills.library"),
@@ -133,6 +136,15 @@ def test_skill_library_source_validates_and_loads_the_library(monkeypatch):
                    "sdar.skills.strategy=ucb")
     sdar = SDARConfig.from_config(cfg)
     assert (sdar.privileged.source, sdar.skills.strategy) == ("skills", "ucb")
+
+
+def test_teacher_source_defaults_to_self_and_accepts_reference():
+    assert SDARConfig.from_config(composed("algorithm=sdar")).teacher.source == "self"
+    sdar = SDARConfig.from_config(composed("algorithm=sdar", "sdar.teacher.source=reference"))
+    assert sdar.teacher.source == "reference"
+    # without a teacher pass (Skill-GRPO: privileged text in the student's prompt) no reference is needed
+    SDARConfig.from_config(composed("algorithm=skill_grpo", "sdar.teacher.source=reference",
+                                    "actor_rollout_ref.actor.use_kl_loss=false"))
 
 
 def test_sdar_trainer_without_sdar_settings_is_an_error():

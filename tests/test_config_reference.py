@@ -38,7 +38,8 @@ DELTAS = {
 TEACHER_BLOCK = dict(
     privileged=dict(source="column", key="privileged", role="system", placement="start", format="chat_turn"),
     skills=dict(library=None, strategy="task_type"),
-    teacher=dict(max_prompt_length=None),
+    teacher=dict(source="self", max_prompt_length=None,
+                 model=dict(path=None, n_gpus_per_node=1, nnodes=1, inference={})),
 )
 BASE = {method: "common" if method == "grpo" else "teacher" for method in DELTAS}
 # The only settings outside `sdar` a method sets: the paper's OPSD keeps an entropy bonus.

@@ -45,11 +45,8 @@ def work(tmp_path_factory):
     return work
 
 
-@pytest.fixture(scope="module")
-def first_run(work):
-    records = run_main_ppo(
-        work,
-        "train",
+def first_run_overrides(work: Path) -> tuple[str, ...]:
+    return (
         "trainer.total_training_steps=2",
         "trainer.save_freq=1",
         "trainer.test_freq=2",
@@ -58,6 +55,11 @@ def first_run(work):
         "data.shuffle=false",
         f"reward.custom_reward_function.path={work / 'zero_reward.py'}",
     )
+
+
+@pytest.fixture(scope="module")
+def first_run(work):
+    records = run_main_ppo(work, "train", *first_run_overrides(work))
     return {r["step"]: r["data"] for r in records}, records
 
 
@@ -142,3 +144,61 @@ def test_skills_ucb_state_is_checkpointed_and_restored(work):
 
     # step 2 continued from step 1's statistics: it counts step 1's pulls plus its own
     assert total_pulls(state_2) == 2 * total_pulls(state_1) > 0
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def test_checkpoints_hold_what_stock_sync_verl_writes(first_run, work):
+    """The SDAR trainer runs verl's sync mode: a checkpoint has stock verl's files and no
+    TransferQueue state (which verl writes only for its async modes)."""
+    run_main_ppo(work, "stock_sync", "~sdar", "trainer.v1.trainer_mode=sync", "trainer.experiment_name=stock_sync",
+                 "trainer.total_training_steps=1", "trainer.save_freq=1", "trainer.test_freq=-1",
+                 "trainer.val_before_train=false")
+    ours = _files(work / "checkpoints" / "codeword_sdar" / "global_step_1")
+    stock = _files(work / "checkpoints" / "stock_sync" / "global_step_1")
+    assert ours == stock
+    assert not any(name.startswith("transfer_queue") for name in ours), ours
+
+
+def test_a_hydra_multirun_sweep_runs_every_job_with_the_plugins_settings(work):
+    """``--multirun``: every job gets the CPU defaults and absolute paths (VERL_SDAR_WORK is relative
+    here), and the second job finds Ray's resources free again."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, VERL_SDAR_WORK=".", TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled")
+    cmd = [sys.executable, "-m", "verl.trainer.main_ppo", "--multirun",
+           f"--config-path={REPO / 'recipes' / 'cpu'}", "--config-name=codeword_sdar", "sdar.beta=0,5",
+           "trainer.total_training_steps=1", "trainer.save_freq=1", "trainer.test_freq=-1",
+           "trainer.val_before_train=false", "trainer.experiment_name=sweep_beta${sdar.beta}",
+           f"hydra.sweep.dir={work / 'sweep'}"]
+    log = work / "sweep.log"
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=work, timeout=900)
+    text = log.read_text()
+    assert proc.returncode == 0, text[-6000:]
+    assert "Launching 2 jobs" in text and "(every job of the sweep)" in text
+    for beta in ("0", "5"):
+        assert (work / "checkpoints" / f"sweep_beta{beta}" / "global_step_1" / "actor").is_dir(), beta
+    assert text.count("verl-sdar: actor loss = ppo_loss") == 2
+
+
+def test_reference_teacher_equals_self_before_the_first_update_and_not_after(first_run, work):
+    """``sdar.teacher.source=reference``: verl's frozen reference policy scores the teacher rows.
+    Same run as ``first_run`` (same seeds, same rollouts) but for the source: at step 1 actor and
+    reference hold the initial weights, so the teacher log-probs are those of ``self``; after the
+    first update (lr 1e-2, SDAR term only) the actor has moved and the reference has not, so rows
+    without privileged text (teacher row == student row) no longer score alike."""
+    records = run_main_ppo(work, "reference", *first_run_overrides(work), "sdar.teacher.source=reference",
+                           "trainer.experiment_name=codeword_reference")
+    reference = {r["step"]: r["data"] for r in records if "sdar/gap_mean" in r["data"]}
+    own, _ = first_run
+    assert reference[1]["sdar/gap_mean"] == pytest.approx(own[1]["sdar/gap_mean"], rel=1e-4, abs=1e-6)
+    assert reference[1]["sdar/gap_std"] == pytest.approx(own[1]["sdar/gap_std"], rel=1e-4, abs=1e-6)
+    assert reference[1]["sdar/plain_rows_gap_abs_max"] < 1e-3
+    assert own[2]["sdar/plain_rows_gap_abs_max"] < 1e-3  # self: still the student's own weights
+    assert reference[2]["sdar/plain_rows_gap_abs_max"] > 1e-2, reference[2]["sdar/plain_rows_gap_abs_max"]
+    assert reference[2]["sdar/teacher_pass_s"] > 0

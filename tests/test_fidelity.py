@@ -133,11 +133,8 @@ def composed(env: str, method: str, policy: str):
     """(resolved config, SDARConfig) of a GPU recipe, composed once per test session."""
     key = (env, method, policy)
     if key not in _COMPOSED:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.chdir(REPO)  # the recipes name the skill library relative to the repo root
-            mp.delenv("VERL_SDAR_ROOT", raising=False)
-            cfg = compose_recipe(env, method, f"policy={policy}")
-            OmegaConf.resolve(cfg)
+        cfg = compose_recipe(env, method, f"policy={policy}")  # the skill library by name: any working folder
+        OmegaConf.resolve(cfg)
         _COMPOSED[key] = (cfg, SDARConfig.from_config(cfg))
     return _COMPOSED[key]
 

@@ -94,6 +94,7 @@ def file_keys(path: Path) -> list[str]:
 def test_every_recipe_file_is_covered_here():
     recipes = {p.relative_to(REPO / "recipes").as_posix() for p in (REPO / "recipes").rglob("*.yaml")}
     covered = {"cpu/codeword_sdar.yaml"}
+    covered.add("alfworld/sdar_teacher_7b.yaml")  # composed in tests/test_teacher_model.py
     for env, (algorithms, _) in ENVS.items():
         covered |= {f"{env}/gpu_common.yaml", f"{env}/tiny_cpu_sdar.yaml",
                     *(f"{env}/policy/{policy}.yaml" for policy in POLICIES), *(f"{env}/{a}.yaml" for a in algorithms)}
@@ -122,11 +123,10 @@ def test_recipe_keys_exist_in_verls_config():
 
 @pytest.mark.parametrize("policy", sorted(POLICIES))
 @pytest.mark.parametrize("env,algorithm", CASES)
-def test_gpu_recipes_compose_with_the_paper_hyperparameters(env, algorithm, policy, monkeypatch):
+def test_gpu_recipes_compose_with_the_paper_hyperparameters(env, algorithm, policy, monkeypatch, tmp_path):
     from verl.utils.config import omega_conf_to_dataclass, validate_config
 
-    monkeypatch.chdir(REPO)  # the recipes name the skill library relative to the repo root
-    monkeypatch.delenv("VERL_SDAR_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)  # the recipes name a shipped skill library: no working folder needed
     cfg = compose_recipe(env, algorithm, f"policy={policy}")
     OmegaConf.resolve(cfg)
     paper = ENVS[env][1]
@@ -162,7 +162,7 @@ def test_gpu_recipes_compose_with_the_paper_hyperparameters(env, algorithm, poli
         assert sdar.coef == coef
     if beta is not None:
         assert sdar.beta == beta
-    assert sdar.privileged.source == "skills" and sdar.skills.library == f"./envs/{env}/skills"
+    assert sdar.privileged.source == "skills" and sdar.skills.library == f"builtin:{env}"
     # verl's own typed configs and its start-up checks accept the composed config
     omega_conf_to_dataclass(a.actor)
     omega_conf_to_dataclass(a.rollout)
@@ -172,10 +172,17 @@ def test_gpu_recipes_compose_with_the_paper_hyperparameters(env, algorithm, poli
 def test_a_missing_skill_library_fails_at_job_start_naming_the_key(tmp_path, monkeypatch):
     from verl_sdar.config import ValidateOnJobStart
 
-    monkeypatch.chdir(tmp_path)  # not the repo root: ./envs/alfworld/skills does not exist
-    monkeypatch.delenv("VERL_SDAR_ROOT", raising=False)
-    # SystemExit: Hydra would turn any other exception of a callback into a warning and go on
-    with pytest.raises(SystemExit, match="sdar.skills.library"):
-        ValidateOnJobStart().on_job_start(compose_recipe("alfworld", "sdar"))
-    monkeypatch.setenv("VERL_SDAR_ROOT", str(REPO))  # or point VERL_SDAR_ROOT at the checkout
+    monkeypatch.chdir(tmp_path)  # not the repo root: the shipped library is found by name all the same
     ValidateOnJobStart().on_job_start(compose_recipe("alfworld", "sdar"))
+    # SystemExit: Hydra would turn any other exception of a callback into a warning and go on
+    unknown = (r"sdar\.skills\.library: unknown shipped skill library builtin:alfwrld; "
+               r"shipped: builtin:alfworld, builtin:codeword, builtin:search, builtin:webshop")
+    with pytest.raises(SystemExit, match=unknown):
+        ValidateOnJobStart().on_job_start(compose_recipe("alfworld", "sdar", "sdar.skills.library=builtin:alfwrld"))
+    missing = r"sdar\.skills\.library: .*envs/alfworld/skills: skill library folder does not exist"
+    relative = "sdar.skills.library=envs/alfworld/skills"  # a relative folder: from the working folder
+    with pytest.raises(SystemExit, match=missing):
+        ValidateOnJobStart().on_job_start(compose_recipe("alfworld", "sdar", relative))
+    # a folder path still works
+    ValidateOnJobStart().on_job_start(
+        compose_recipe("alfworld", "sdar", f"sdar.skills.library={REPO / 'envs' / 'alfworld' / 'skills'}"))

@@ -550,3 +550,73 @@ def test_reference_layout_validation(tmp_path):
     (tmp_path / "bad" / "skill_mapping.json").write_text("{not json")
     with pytest.raises(SkillLibraryError, match="not valid JSON"):
         SkillLibrary.load(tmp_path / "bad")
+
+
+# --------------------------------------------------------------------------- shipped libraries by name
+SHIPPED = ["alfworld", "codeword", "search", "webshop"]
+
+
+def test_shipped_libraries_load_by_builtin_name_from_any_folder(tmp_path, monkeypatch):
+    from verl_sdar import resources
+
+    monkeypatch.chdir(tmp_path)  # the name does not depend on the working folder
+    assert resources.skill_library_names() == SHIPPED
+    for name in SHIPPED:
+        lib = SkillLibrary.load(f"builtin:{name}")
+        assert lib.root == resources.skill_library_dir(name) == resources.resolve_skill_library(f"builtin:{name}")
+        assert lib.root.is_absolute() and lib.general and lib.task_skills
+    # in a checkout (these tests run from one) the names are the top-level envs/<name>/skills folders
+    assert resources.skill_library_dir("alfworld") == REPO / "envs" / "alfworld" / "skills"
+
+
+def test_anything_but_a_builtin_name_is_a_folder_path(tmp_path):
+    from verl_sdar.resources import resolve_skill_library
+
+    assert resolve_skill_library("envs/alfworld/skills") == Path("envs/alfworld/skills")
+    assert resolve_skill_library(tmp_path) == tmp_path
+    lib = SkillLibrary.load(write_library(tmp_path / "lib"))  # plain paths keep working
+    assert lib.root == tmp_path / "lib"
+
+
+@pytest.mark.parametrize("spec,error", [
+    ("builtin:alfwrld", r"unknown shipped skill library builtin:alfwrld; shipped: builtin:alfworld, "
+                        r"builtin:codeword, builtin:search, builtin:webshop \(or give a folder path\)"),
+    ("builtin:", r"skill library name '' must be a plain name"),
+    ("builtin:../envs/alfworld/skills", r"must be a plain name \(no path separators\)"),
+    ("builtin:__pycache__", r"unknown shipped skill library builtin:__pycache__"),
+])
+def test_a_bad_builtin_name_is_a_skill_library_error_listing_the_shipped_names(spec, error):
+    with pytest.raises(SkillLibraryError, match=error):
+        SkillLibrary.load(spec)
+
+
+def test_a_packaged_copy_wins_over_the_checkout(tmp_path, monkeypatch):
+    """An installed wheel carries the libraries in verl_sdar/skill_libraries/<name>/ (setup.py)."""
+    from verl_sdar import resources
+
+    packaged = tmp_path / "skill_libraries"
+    write_library(packaged / "mine")
+    monkeypatch.setattr(resources, "_PACKAGED_SKILLS", packaged)
+    assert resources.skill_library_names() == ["mine"]
+    assert SkillLibrary.load("builtin:mine").root == packaged / "mine"
+    with pytest.raises(SkillLibraryError, match=r"shipped: builtin:mine \(or give"):
+        SkillLibrary.load("builtin:alfworld")
+
+
+def test_recipe_folders_and_the_command_line(capsys):
+    from verl_sdar import resources
+
+    assert resources.recipe_envs() == ["alfworld", "cpu", "search", "webshop"]
+    assert resources.recipes_dir("alfworld") == REPO / "recipes" / "alfworld"
+    assert resources.recipe_names("cpu") == ["codeword_sdar"]
+    assert "gpu_common" not in resources.recipe_names("alfworld") and "sdar" in resources.recipe_names("alfworld")
+    with pytest.raises(resources.ResourceNotFoundError, match="available: alfworld, cpu, search, webshop"):
+        resources.recipes_dir("alfwrld")
+    assert resources.main(["recipes", "alfworld"]) == 0
+    assert capsys.readouterr().out.strip() == str(REPO / "recipes" / "alfworld")
+    assert resources.main(["skills", "builtin:webshop"]) == 0
+    assert capsys.readouterr().out.strip() == str(REPO / "envs" / "webshop" / "skills")
+    assert resources.main(["skills", "nope"]) == 2
+    assert "shipped: builtin:alfworld" in capsys.readouterr().err
+    assert resources.main(["list"]) == 0
+    assert "builtin:codeword" in capsys.readouterr().out

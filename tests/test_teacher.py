@@ -321,3 +321,45 @@ def test_chat_template_kwargs_reach_every_rendering_qwen3_thinking_off(tmp_path)
     think = tokenizer.encode("<think>\n\n</think>\n\n", add_special_tokens=False)
     assert off.tail_length == plain.tail_length + len(think)
     assert off("a skill") == plain("a skill")  # the block itself does not depend on it
+
+
+@pytest.mark.parametrize("source_kind", ["column", "skills"])
+def test_verls_padding_rows_get_no_block_and_never_feed_ucb(tokenizer, source_kind):
+    """verl's batch balancing appends rows built by its own padding template (a prompt of EOS
+    tokens, ``extra_info`` copied from the first real row). They get no privileged block, so the
+    ``before_last_user`` placement (which needs a user turn) still builds, and UCB learns from the
+    real rows only."""
+    from pathlib import Path
+
+    from verl.trainer.ppo.padding_utils import construct_minimal_padding_template
+
+    from verl_sdar.privileged import ColumnSource, SkillSource, TeacherInputs
+    from verl_sdar.teacher import TeacherBuilder
+
+    prompt = torch.tensor(chat_ids(tokenizer, HISTORY))
+    response = torch.tensor(tokenizer.encode("take mug 1", add_special_tokens=False))
+    info = {"privileged": "Clean the mug at the sink first.", "task_type": "pick_clean_then_place"}
+    real = {"prompts": prompt, "responses": response, "extra_info": info, "raw_prompt": HISTORY}
+    pad, pad_tag = construct_minimal_padding_template(real, {"global_steps": 1}, tokenizer.eos_token_id)
+    assert pad_tag["is_padding"] and pad["extra_info"] == info  # verl copies the real row's extra_info
+    rows = TeacherInputs(
+        extra_infos=[info, pad["extra_info"], pad["extra_info"]], prompts=[prompt, pad["prompts"], pad["prompts"]],
+        raw_prompts=[HISTORY, HISTORY, HISTORY], scores=[1.0, 0.0, 0.0], real=[0],
+        decode=lambda ids: tokenizer.decode(ids),
+    )
+    library = Path(__file__).resolve().parents[1] / "envs" / "alfworld" / "skills"
+    source = ColumnSource("privileged") if source_kind == "column" else SkillSource(str(library), "ucb")
+    texts = source.texts(rows)
+    assert texts[0] and texts[1:] == ["", ""]
+    source.feedback(rows)
+    if source_kind == "skills":
+        state = source.state_dict()["retriever"]
+        pulls = sum(sum(b["pulls"]) for b in [*state["bandits"].values(), state["fallback"]])
+        assert pulls == 1  # the real row's retrieval only
+    builder = TeacherBuilder(tokenizer, placement="before_last_user", role="user")
+    built = builder.build(rows.prompts, [response, pad["responses"], pad["responses"]], texts)
+    assert torch.equal(built.prompts[1], pad["prompts"]) and built.inserted_tokens[1:] == [0, 0]
+    assert built.inserted_tokens[0] > 0
+    # without the fix a padding row gets the copied text, and the placement has no user turn to use
+    with pytest.raises(ValueError):
+        builder.build([pad["prompts"]], [pad["responses"]], [info["privileged"]])

@@ -16,7 +16,7 @@ import torch
 from tensordict import TensorDict
 
 from .envs.contract import SUCCESS, TASK_TYPE, WON
-from .objectives import compute_gate, gap_statistics
+from .objectives import compute_gate, gap_statistics, teacher_mask
 from .teacher import TeacherRows
 
 
@@ -76,6 +76,9 @@ def teacher_metrics(
 ) -> dict[str, float]:
     """Gap / gate statistics at the pre-update policy over the real (non-padding) rows.
 
+    Response tokens whose teacher log-prob is not finite are left out of the statistics and
+    counted in ``sdar/teacher_nonfinite_tokens`` (the loss masks them out too).
+
     Inputs are per-row response-aligned tensors (one entry per batch row); ``texts`` the rows'
     privileged texts, ``built`` the teacher rows, ``task_types`` each row's task type (or None).
     """
@@ -85,11 +88,15 @@ def teacher_metrics(
     padded = TensorDict(
         {name: _nested([values[i] for i in real]) for name, values in per_row.items()}, batch_size=len(real)
     ).to_padded_tensor()
-    mask = padded["mask"].bool()
-    gap = (padded["teacher"] - padded["old"]).masked_fill(~mask, 0.0)
+    response = padded["mask"].bool()
+    # tokens whose teacher log-prob is -inf/NaN are masked out of every teacher term (objectives)
+    # and of these statistics; they are counted
+    mask = teacher_mask(padded["teacher"], response)
+    gap = torch.where(mask, padded["teacher"] - padded["old"], torch.zeros_like(padded["old"]))
     gate_values = compute_gate(gap, beta=beta, gate=gate, entropy=padded["entropy"])
     stats = gap_statistics(gap, gate_values, mask)
     metrics = {f"sdar/{k}": float(v) for k, v in stats.items()}
+    metrics["sdar/teacher_nonfinite_tokens"] = float((response & ~mask).sum())
     with_text = [i for i in real if texts[i]]
     metrics["sdar/rows_with_privileged"] = len(with_text) / len(real)
     plain = torch.tensor([not texts[i] for i in real])

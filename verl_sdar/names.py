@@ -11,3 +11,6 @@ ROLLOUT_NAME = "hf"
 
 PLATFORM_NAME = "cpu"
 """Name (and device name) of verl-sdar's CPU platform in verl's ``PlatformRegistry`` (:mod:`verl_sdar.cpu.platform`)."""
+
+TEACHER_SOURCES = ("self", "reference", "model")
+"""``sdar.teacher.source``: the weights that score the teacher rows (``verl_sdar.teacher_sources``)."""

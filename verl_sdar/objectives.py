@@ -13,9 +13,14 @@ normalisers), so a term added to verl's PPO loss is normalised the same way as t
 
 Masked positions never contribute, whatever they hold (-inf and NaN included): they are replaced
 by zeros before any arithmetic, so neither the value nor the gradient can become NaN through
-them. Inside the mask, log-probs are clamped from below at ``MIN_LOG_PROB`` so that a token the
-teacher gives zero probability yields a finite gap (its gate is then exactly 0). Every ``exp`` of a
-log-ratio is clamped from above (``MAX_LOG_RATIO``, ``MAX_K3_EXPONENT``), so no term can overflow.
+them. A response token whose *teacher* log-prob is not finite (-inf, +inf or NaN: a broken
+teacher pass, or a token the teacher gives zero probability) is masked out of every term that
+reads the teacher (:func:`teacher_mask`): it contributes exactly 0 to the value and the
+gradient, while the aggregation's normalisers stay those of ``response_mask`` (as verl's global
+token counts do), so one bad token changes no other token's weight. RLSD keeps the plain
+outcome advantage there. Inside the mask, student and old log-probs are clamped from below at
+``MIN_LOG_PROB`` (so are finite teacher log-probs below it). Every ``exp`` of a log-ratio is
+clamped from above (``MAX_LOG_RATIO``, ``MAX_K3_EXPONENT``), so no term can overflow.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ __all__ = [
     "rlsd_token_advantages",
     "sdar_loss",
     "skill_sd_loss",
+    "teacher_mask",
 ]
 
 GATES = ("gap", "entropy", "soft_or", "constant")
@@ -57,6 +63,12 @@ def _clean(log_probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Zero outside the mask; clamp -inf (and below MIN_LOG_PROB) inside it. Keeps the gradient."""
     inside = torch.clamp(torch.nan_to_num(log_probs, nan=0.0, neginf=MIN_LOG_PROB), min=MIN_LOG_PROB)
     return torch.where(mask, inside, torch.zeros_like(log_probs))
+
+
+def teacher_mask(teacher_log_probs: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """The response tokens whose teacher log-prob is finite: ``response_mask & isfinite(teacher)``
+    (bool). Tokens outside it are masked out of every teacher-reading term."""
+    return response_mask.bool() & torch.isfinite(teacher_log_probs.detach())
 
 
 def _check(mask: torch.Tensor, *tensors: torch.Tensor | None) -> torch.Tensor:
@@ -220,22 +232,27 @@ def sdar_loss(
     ``l_t = g_t * (phi_t + u_t * (sg(s_t) - s_t))``: value ``g_t * phi_t``, gradient
     ``-g_t * u_t * grad s_t``.
 
-    Returns the loss and metrics (gate mean, gate-active ratio, gap mean/std, loss), all detached.
+    Tokens whose teacher log-prob is not finite contribute 0 (value and gradient; module docstring).
+
+    Returns the loss and metrics (gate mean, gate-active ratio, gap mean/std over the tokens with a
+    finite teacher log-prob, loss), all detached.
     """
     mask = _check(response_mask, student_log_probs, teacher_log_probs, entropy)
     if divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}; expected one of {DIVERGENCES}")
+    finite = teacher_mask(teacher_log_probs, mask)
     s = _clean(student_log_probs, mask)
-    t = _clean(teacher_log_probs.detach(), mask)
-    gap = (t - s).detach()
+    t = _clean(teacher_log_probs.detach(), finite)
+    gap = torch.where(finite, t - s, torch.zeros_like(s)).detach()
     g = compute_gate(gap, beta=beta, gate=gate, entropy=entropy)
     if divergence == "reverse_kl":
         per_token = g * (t - s)
     else:
         value, weight = _divergence_form(divergence, gap)
         per_token = g * (value + weight * (s.detach() - s))
+    per_token = torch.where(finite, per_token, torch.zeros_like(per_token))
     loss = aggregate(per_token, mask, loss_agg_mode, **agg_kwargs)
-    metrics = gap_statistics(gap, g, mask)
+    metrics = gap_statistics(gap, g, finite)
     metrics["loss"] = loss.detach()
     return loss, metrics
 
@@ -254,14 +271,17 @@ def opsd_loss(
         grad l_t = k_t * grad s_t             (REINFORCE form of grad KL(pi_s || pi_t))
 
     implemented as ``l_t = k_t + sg(k_t) * (s_t - sg(s_t))`` so the value is the KL estimate and
-    the gradient is the score-function estimate.
+    the gradient is the score-function estimate. Tokens whose teacher log-prob is not finite
+    contribute 0.
     """
     mask = _check(response_mask, student_log_probs, teacher_log_probs)
+    finite = teacher_mask(teacher_log_probs, mask)
     s = _clean(student_log_probs, mask)
-    t = _clean(teacher_log_probs.detach(), mask)
-    k = (s - t).detach()
-    loss = aggregate(k + k * (s - s.detach()), mask, loss_agg_mode, **agg_kwargs)
-    metrics = gap_statistics(-k, torch.full_like(k, 1.0), mask)
+    t = _clean(teacher_log_probs.detach(), finite)
+    k = torch.where(finite, s - t, torch.zeros_like(s)).detach()
+    per_token = torch.where(finite, k + k * (s - s.detach()), torch.zeros_like(s))
+    loss = aggregate(per_token, mask, loss_agg_mode, **agg_kwargs)
+    metrics = gap_statistics(-k, torch.full_like(k, 1.0), finite)
     metrics.pop("gate_mean")
     metrics.pop("gate_active_ratio")
     metrics["loss"] = loss.detach()
@@ -281,17 +301,20 @@ def rlsd_token_advantages(
 
         A_t = A * ((1 - l) + l * clip(exp(sign(A) * Delta_t), 1 - eps, 1 + eps))
 
-    with ``l = mix`` and ``eps = clip_eps``. Masked positions get 0. No gradient flows.
+    with ``l = mix`` and ``eps = clip_eps``. Masked positions get 0. A token whose teacher log-prob
+    is not finite keeps the outcome advantage ``A`` (no teacher reweighting). No gradient flows.
     """
     if not 0.0 <= mix <= 1.0:
         raise ValueError(f"mix must be in [0, 1], got {mix}")
     if clip_eps < 0:
         raise ValueError(f"clip_eps must be >= 0, got {clip_eps}")
     mask = _check(response_mask, advantages, student_log_probs, teacher_log_probs)
+    finite = teacher_mask(teacher_log_probs, mask)
     s = _clean(student_log_probs.detach(), mask)
-    t = _clean(teacher_log_probs.detach(), mask)
+    t = _clean(teacher_log_probs.detach(), finite)
     a = torch.where(mask, advantages.detach(), torch.zeros_like(advantages))
     weight = torch.clamp(torch.exp(torch.sign(a) * (t - s)), 1 - clip_eps, 1 + clip_eps)
+    weight = torch.where(finite, weight, torch.ones_like(weight))
     return torch.where(mask, a * ((1 - mix) + mix * weight), torch.zeros_like(a))
 
 
@@ -317,15 +340,18 @@ def skill_sd_loss(
     clamps value and gradient are the unclamped formula's; where a clamp binds, that factor's
     exponential is constant (no gradient through it), so value and gradient stay finite.
     The gradient flows through ``s_t`` in both factors; teacher and old log-probs are constants.
+    Tokens whose teacher log-prob is not finite contribute 0.
     """
     mask = _check(response_mask, student_log_probs, teacher_log_probs, old_log_probs)
+    finite = teacher_mask(teacher_log_probs, mask)
     s = _clean(student_log_probs, mask)
-    t = _clean(teacher_log_probs.detach(), mask)
+    t = _clean(teacher_log_probs.detach(), finite)
     old = _clean(old_log_probs.detach(), mask)
-    d = s - t
+    d = torch.where(finite, s - t, torch.zeros_like(s))
     k3 = torch.exp(torch.clamp(-d, max=MAX_K3_EXPONENT)) - 1 + d
     rho = torch.exp(torch.clamp(s - old, max=MAX_LOG_RATIO))
-    loss = aggregate(rho * k3, mask, loss_agg_mode, **agg_kwargs)
-    k3_mean, _ = _masked_mean_std(k3.detach(), mask)
-    gap_mean, gap_std = _masked_mean_std(-d.detach(), mask)
+    per_token = torch.where(finite, rho * k3, torch.zeros_like(s))
+    loss = aggregate(per_token, mask, loss_agg_mode, **agg_kwargs)
+    k3_mean, _ = _masked_mean_std(k3.detach(), finite)
+    gap_mean, gap_std = _masked_mean_std(-d.detach(), finite)
     return loss, {"k3_mean": k3_mean, "gap_mean": gap_mean, "gap_std": gap_std, "loss": loss.detach()}

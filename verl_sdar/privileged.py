@@ -69,9 +69,21 @@ class PrivilegedSource(ABC):
     state_name = "privileged source"
     """What the checkpoint state is, for logs."""
 
-    @abstractmethod
     def texts(self, rows: TeacherInputs) -> list[str]:
-        """The privileged text of each row ("" = none)."""
+        """The privileged text of each row ("" = none). verl's batch-balancing padding rows (a prompt
+        of pad tokens with ``extra_info`` copied from the first real row) always get ``""``: no
+        block, no retrieval, no effect on a learning source's statistics."""
+        out = [""] * len(rows.extra_infos)
+        real_texts = self.real_texts(rows)
+        if len(real_texts) != len(rows.real):
+            raise RuntimeError(f"{type(self).__name__} returned {len(real_texts)} texts for {len(rows.real)} rows")
+        for i, text in zip(rows.real, real_texts, strict=True):
+            out[i] = text
+        return out
+
+    @abstractmethod
+    def real_texts(self, rows: TeacherInputs) -> list[str]:
+        """The privileged text of each real row, in the order of ``rows.real``."""
 
     def feedback(self, rows: TeacherInputs) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Learn from the rows' rewards (after ``texts`` on the same rows)."""
@@ -94,8 +106,8 @@ class ColumnSource(PrivilegedSource):
     def __init__(self, key: str):
         self.key = key
 
-    def texts(self, rows: TeacherInputs) -> list[str]:
-        return privileged_texts(rows.extra_infos, self.key)
+    def real_texts(self, rows: TeacherInputs) -> list[str]:
+        return privileged_texts([rows.extra_infos[i] for i in rows.real], self.key)
 
 
 class SkillSource(PrivilegedSource):
@@ -114,10 +126,11 @@ class SkillSource(PrivilegedSource):
         self.retriever = make_retriever(strategy, SkillLibrary.load(library), seed=seed, ucb_c=ucb_c)
         self._retrievals: list[Retrieval] = []
 
-    def texts(self, rows: TeacherInputs) -> list[str]:
+    def real_texts(self, rows: TeacherInputs) -> list[str]:
         self.retriever.reset_counts()
         self._retrievals = []
-        for i, info in enumerate(rows.extra_infos):
+        for i in rows.real:
+            info = rows.extra_infos[i]
             task_type = info.get(self.task_type_key) if isinstance(info, dict) else None
             prompt_text = None
             if self.strategy in PROMPT_STRATEGIES:
@@ -130,8 +143,8 @@ class SkillSource(PrivilegedSource):
     def feedback(self, rows: TeacherInputs) -> None:
         if rows.scores is None:
             return
-        for i in rows.real:
-            self.retriever.update(self._retrievals[i], rows.scores[i])
+        for retrieval, i in zip(self._retrievals, rows.real, strict=True):
+            self.retriever.update(retrieval, rows.scores[i])
 
     def metrics(self) -> dict[str, float]:
         unknown = sum(self.retriever.unknown.values())

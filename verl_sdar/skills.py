@@ -18,6 +18,13 @@ file, a keyword that maps to a task type not listed under ``task_types``, an emp
 ``task_types/`` (not named by the mapping).
 Hidden files (``.gitkeep``) are ignored.
 
+**Shipped libraries by name.** ``SkillLibrary.load("builtin:<name>")`` loads a library shipped
+with verl-sdar (``alfworld``, ``codeword``, ``search``, ``webshop``: the repository's
+``envs/<name>/skills/``, packaged into the wheel), looked up in the loading process's own
+installation (:mod:`verl_sdar.resources`), so the name works from any folder and on every node of a
+Ray cluster; an unknown name is a ``SkillLibraryError`` listing the shipped ones. Anything else is
+a folder path.
+
 **The authors' layout** (``skill_mapping.json``, the SDAR reference implementation's skill folders),
 loaded so that every strategy returns exactly the text the reference builds::
 
@@ -85,6 +92,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
+
+from .resources import ResourceNotFoundError, resolve_skill_library
 
 __all__ = [
     "MAPPING_FILE",
@@ -270,8 +279,14 @@ class SkillLibrary:
     @classmethod
     def load(cls, folder: str | os.PathLike[str]) -> SkillLibrary:
         """Load and validate the library in ``folder`` (either layout, told apart by its mapping
-        file); raises ``SkillLibraryError`` naming the file."""
-        root = Path(folder)
+        file); raises ``SkillLibraryError`` naming the file. ``folder`` is a folder path or a shipped
+        library's name, ``builtin:<name>`` (``builtin:alfworld``), found in this process's
+        installation by :func:`verl_sdar.resources.resolve_skill_library`; an unknown name raises
+        ``SkillLibraryError`` listing the shipped ones."""
+        try:
+            root = resolve_skill_library(folder)
+        except ResourceNotFoundError as err:
+            raise SkillLibraryError(str(err)) from None
         if not root.is_dir():
             raise SkillLibraryError(f"{root}: skill library folder does not exist")
         mapping_path = root / MAPPING_FILE

@@ -7,7 +7,10 @@ and EOS), and a Qwen-style ChatML chat template. Everything is written with ``sa
 ``AutoTokenizer`` / ``AutoModelForCausalLM`` (and verl) load the directory like any HF model.
 
     python -m verl_sdar.tiny_model OUT [--seed 0] [--vocab-size 1024] [--hidden-size 64]
-        [--num-layers 2] [--max-position-embeddings 2048]
+        [--num-layers 2] [--max-position-embeddings 2048] [--head-dim 16]
+
+``--head-dim 32`` (2 heads, 1 KV head at the default width) is the variant vLLM's CPU attention
+accepts (it rejects head dimension 16); the default model keeps head dimension 16.
 """
 
 from __future__ import annotations
@@ -101,6 +104,7 @@ def build_tiny_model(
     num_layers: int = 2,
     max_position_embeddings: int = 2048,
     extra_corpus: Iterable[str] = (),
+    head_dim: int = 16,
 ) -> Path:
     """Write a tiny Qwen2 causal LM, its tokenizer and chat template to ``out_dir``; return the path.
 
@@ -109,16 +113,19 @@ def build_tiny_model(
         seed: seed of the weight initialisation (same seed, same weights).
         vocab_size: target size of the BPE vocabulary (the model's vocabulary is the tokenizer's
             actual size, which the small corpus may keep below this).
-        hidden_size: model width; must be a multiple of 16 (head dimension 16).
+        hidden_size: model width; must be a multiple of ``head_dim``.
         num_layers: number of decoder layers.
         max_position_embeddings: context length.
         extra_corpus: more texts for the tokenizer (e.g. the prompts of a task, so they tokenise short).
+        head_dim: dimension of one attention head (``hidden_size // head_dim`` heads, half as many
+            KV heads when that is even). vLLM's CPU attention runs ``head_dim=32``; ``head_dim=16``
+            fails there with "Unsupported CPU attention configuration: head_dim=16".
     """
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    if hidden_size % 16:
-        raise ValueError(f"hidden_size must be a multiple of 16, got {hidden_size}")
+    if head_dim <= 0 or hidden_size % head_dim:
+        raise ValueError(f"hidden_size must be a multiple of head_dim={head_dim}, got {hidden_size}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -126,7 +133,7 @@ def build_tiny_model(
     tokenizer.model_max_length = max_position_embeddings
     tokenizer.save_pretrained(out)
 
-    num_heads = hidden_size // 16
+    num_heads = hidden_size // head_dim
     config = Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -158,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hidden-size", type=int, default=64)
     parser.add_argument("--num-layers", type=int, default=2)
     parser.add_argument("--max-position-embeddings", type=int, default=2048)
+    parser.add_argument("--head-dim", type=int, default=16, help="attention head dimension (vLLM on CPU: 32)")
     parser.add_argument("--corpus", default=None, help="a text file whose lines are added to the tokenizer corpus")
     args = parser.parse_args(argv)
     extra = Path(args.corpus).read_text(encoding="utf-8").splitlines() if args.corpus else ()
@@ -169,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
         num_layers=args.num_layers,
         max_position_embeddings=args.max_position_embeddings,
         extra_corpus=extra,
+        head_dim=args.head_dim,
     )
     print(path)
 

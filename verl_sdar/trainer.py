@@ -6,9 +6,12 @@ verl's hooks and moves rows through TransferQueue; the work is done by the modul
 1. rollout, reward, batch balancing, ``old_log_probs``               -- verl
 2. teacher pass (``_compute_old_log_prob``): privileged texts         -- ``privileged`` (sources)
    teacher rows (block spliced into each prompt, response unchanged)  -- ``teacher.TeacherBuilder``
-   the actor's own ``compute_log_prob`` scores them -> ``teacher_log_probs``; gap/gate metrics
+   ``sdar.teacher.source`` scores them -> ``teacher_log_probs``       -- ``teacher_sources``
+   (the actor's own ``compute_log_prob`` by default; verl's reference
+   workers; or a separate model on verl's teacher servers); gap/gate metrics
                                                                       -- ``metrics``
-3. advantages (``_compute_advantage``): invalid-action penalty on     -- ``advantages``
+3. advantages (``_compute_advantage``): env-fault counts and stop    -- ``faults``
+   rule, invalid-action penalty on                                    -- ``advantages``
    rewards, verl's steps (KL in reward, rollout correction, the
    estimator, e.g. ``turn_row_grpo``), the objective's transform      -- ``methods``
 4. actor update with ``ppo_loss + coef * term``                       -- verl + ``loss``
@@ -35,14 +38,16 @@ from verl.workers.utils.padding import response_from_nested, response_to_nested
 
 from . import metrics as sdar_metrics
 from .advantages import penalise_rewards, row_penalties
-from .config import SDARConfig
+from .config import SDARConfig, check_datasets, check_teacher_tokenizer
 from .envs.contract import INVALID_ACTION_PENALTY
+from .faults import FaultMonitor, count_faults, fault_metrics
 from .loss import make_actor_loss
 from .names import TRAINER_MODE
 from .plugin_status import check_registered
 from .privileged import PrivilegedSource, TeacherInputs, make_source
 from .state import checkpoint_folder, load_state, save_state
 from .teacher import TeacherBuilder
+from .teacher_sources import TEACHER_POOL, make_teacher_source, teacher_pool_spec
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
@@ -91,7 +96,38 @@ class SDARTrainer(PPOTrainerSync):
     def __init__(self, config):
         check_registered()
         self.sdar: SDARConfig = SDARConfig.from_config(config)
+        check_datasets(config, self.sdar)  # again here for launches that bypass Hydra's callbacks
+        check_teacher_tokenizer(config, self.sdar)
+        self.fault_monitor = FaultMonitor(self.sdar.faults.max_env_error_rate, self.sdar.faults.patience_steps)
         super().__init__(config)
+
+    # ------------------------------------------------------------ trainer mode
+    @property
+    def trainer_mode(self) -> str:
+        """Always ``"sync"``: verl's V1 base trainer compares this attribute with ``"sync"`` to choose
+        the replay buffer, the dataloader's fetch size (``data.gen_batch_size``), whether prompts are
+        stored in TransferQueue and whether checkpoints carry TransferQueue state. SDAR is
+        synchronous, so it gets exactly stock verl's sync behaviour; ``trainer.v1.trainer_mode=sdar``
+        in the config only selects this class (and stays visible in the logged config)."""
+        return "sync"
+
+    @trainer_mode.setter
+    def trainer_mode(self, value: str) -> None:
+        # verl's constructor assigns config.trainer.v1.trainer_mode; only ours may select this class
+        if value not in (TRAINER_MODE, "sync"):
+            raise ValueError(f"SDARTrainer runs with trainer.v1.trainer_mode={TRAINER_MODE!r}, got {value!r}")
+
+    def _init_resource_pool_mgr(self):
+        """verl's resource pools, plus the teacher model's own pool with ``sdar.teacher.source=model``
+        (verl's ``Role.TeacherModel`` maps to it, as for verl's distillation teacher)."""
+        super()._init_resource_pool_mgr()
+        spec = teacher_pool_spec(self.sdar)
+        if spec is not None:
+            from verl.trainer.ppo.utils import Role
+
+            self.resource_pool_manager.resource_pool_spec[TEACHER_POOL] = spec
+            self.resource_pool_manager.mapping[Role.TeacherModel] = TEACHER_POOL
+            self.mapping[Role.TeacherModel] = TEACHER_POOL
 
     def _setup(self):
         # The source exists before verl's _setup, which loads a checkpoint (and our state with it).
@@ -99,6 +135,7 @@ class SDARTrainer(PPOTrainerSync):
         super()._setup()
         if self.sdar.needs_teacher:
             privileged = self.sdar.privileged
+            self.teacher_source = make_teacher_source(self.sdar.teacher.source, self)
             self.teacher_builder = TeacherBuilder(
                 self.tokenizer, header=privileged.header, role=privileged.role, placement=privileged.placement,
                 max_prompt_length=self.sdar.teacher.max_prompt_length, format=privileged.format,
@@ -118,7 +155,7 @@ class SDARTrainer(PPOTrainerSync):
         return batch
 
     def _compute_teacher_log_prob(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
-        """Score each row's response under its privileged prompt with the actor's current weights."""
+        """Score each row's response under its privileged prompt with the ``sdar.teacher.source`` weights."""
         start = time.perf_counter()
         rows = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id)
         if "position_ids" in rows.keys() and any(r.dim() != 1 for r in _rows(rows["position_ids"])):
@@ -145,7 +182,7 @@ class SDARTrainer(PPOTrainerSync):
             extra_info = dict(batch.extra_info, calculate_entropy=False, compute_loss=False,
                               temperature=self.config.actor_rollout_ref.rollout.temperature)
             meta = KVBatchMeta(partition_id=TEACHER_PARTITION, keys=list(batch.keys), tags=tags, extra_info=extra_info)
-            output = self.actor_rollout_wg.compute_log_prob(meta)
+            output = self.teacher_source.score(meta)
             if len(output) != len(batch):
                 raise RuntimeError(f"teacher pass returned {len(output)} rows for {len(batch)}")
             scored = tq.kv_batch_get(
@@ -189,15 +226,20 @@ class SDARTrainer(PPOTrainerSync):
         return _put(batch, advantages=response_to_nested(advantages, nested_mask))
 
     def _penalise_and_count_episodes(self, batch: KVBatchMeta, metrics: dict):
-        """Episode success metrics; each row's invalid-action penalty subtracted from its reward.
+        """Episode success and env-fault metrics; each row's invalid-action penalty subtracted from
+        its reward. Raises ``faults.EnvFaultError`` when the env error rate trips ``sdar.faults``.
 
         Returns the batch and the rows' unpenalised rewards (None when nothing was penalised).
         """
         rows = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id,
-                               select_fields=["extra_fields", "rm_scores"])
+                               select_fields=["extra_fields", "rm_scores", "response_mask"])
         extra = _rows(rows["extra_fields"])
         real = _real_rows(batch.tags)
         metrics.update(sdar_metrics.episode_metrics(batch.keys, extra, real))
+        faults = count_faults(batch.keys, extra, real)
+        metrics.update(fault_metrics(faults))
+        masks = _rows(rows["response_mask"])
+        self.fault_monitor.update(self.global_steps, faults, trainable_rows=sum(bool(masks[i].any()) for i in real))
         if not any(isinstance(e, dict) and INVALID_ACTION_PENALTY in e for e in extra):
             return batch, None
         penalties = row_penalties(extra)

@@ -18,7 +18,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from .. import methods
-from ..names import PLACEMENTS, TRAINER_MODE
+from ..names import PLACEMENTS, TEACHER_SOURCES, TRAINER_MODE
 from ..objectives import DIVERGENCES, GATES
 from ..teacher import FORMATS as PRIVILEGED_FORMATS
 
@@ -62,8 +62,10 @@ class SkillsConfig:
     """Skill retrieval for the teacher (``sdar.privileged.source=skills``); see ``verl_sdar.skills``.
 
     Attributes:
-        library: folder of the skill library (``general/``, ``task_types/``, ``mapping.yaml``; or the
-            authors' layout, ``skill_mapping.json`` + markdown files).
+        library: the skill library: a shipped one by name, ``builtin:<name>`` (``alfworld``,
+            ``codeword``, ``search``, ``webshop``; found in each process's own installation, see
+            ``verl_sdar.resources``), or a folder (``general/``, ``task_types/``, ``mapping.yaml``;
+            or the authors' layout, ``skill_mapping.json`` + markdown files). Checked at start-up.
         strategy: ``task_type`` | ``keyword`` | ``keyword_any`` | ``full`` | ``random`` | ``ucb``.
         task_type_key: ``extra_info`` field naming a row's task type (``task_type``/``ucb``).
         seed: RNG seed of ``random``.
@@ -78,16 +80,63 @@ class SkillsConfig:
 
 
 @dataclass(frozen=True)
+class TeacherModelConfig:
+    """The separate teacher model of ``sdar.teacher.source=model``, served by verl's own teacher
+    machinery (``verl.experimental.teacher_loop``: inference replicas on a dedicated resource pool,
+    as for verl's on-policy distillation; verl's distillation loss stays off).
+
+    Attributes:
+        path: the teacher's weights (local folder or Hugging Face name); it must have the student's
+            tokenizer (same vocabulary), checked at start-up.
+        n_gpus_per_node: GPUs per node of the teacher's own resource pool (verl's
+            ``distillation.n_gpus_per_node``); the pool holds ``n_gpus_per_node * nnodes /
+            (tensor * data * pipeline parallel size of inference)`` replicas.
+        nnodes: nodes of the teacher's resource pool (verl's ``distillation.nnodes``).
+        inference: inference-engine settings of the teacher replicas (verl's ``RolloutConfig`` keys,
+            e.g. ``name``, ``tensor_model_parallel_size``, ``gpu_memory_utilization``,
+            ``max_model_len``, ``dtype``), applied over verl's own teacher defaults
+            (``distillation.teacher_models.teacher_model.inference``: the student rollout's backend,
+            dtype and lengths, real weights) with ``tensor_model_parallel_size=1`` and, when
+            ``sdar.teacher.max_prompt_length`` is set, that as ``prompt_length``.
+    """
+
+    path: str | None = None
+    n_gpus_per_node: int = 1
+    nnodes: int = 1
+    inference: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class TeacherConfig:
     """Teacher pass settings.
 
     Attributes:
+        source: which weights score the teacher rows (``verl_sdar.teacher_sources``): ``self``, the
+            actor at its pre-update weights (the paper's; no extra memory); ``reference``, the
+            frozen initial policy on verl's reference worker group (needs it: KL loss or KL in
+            reward on; one more no-grad pass on the reference workers); or ``model``, a separate
+            (e.g. larger) model with the student's tokenizer, ``sdar.teacher.model``, on inference
+            replicas of its own resource pool (extra GPUs; one prompt-log-prob request per row).
         max_prompt_length: token budget of a teacher prompt (student prompt + privileged block);
             null = no limit. Over budget, the oldest context after the block is removed (never the
             block, never the response) and the row is counted in ``sdar/teacher_rows_truncated``.
+        model: the teacher model of ``source=model`` (unused by the other sources).
     """
 
+    source: str = "self"
     max_prompt_length: int | None = None
+    model: TeacherModelConfig = field(default_factory=TeacherModelConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, TeacherModelConfig):
+            return
+        raw = dict(self.model or {})
+        known = {f.name for f in dataclasses.fields(TeacherModelConfig)}
+        for key in raw:
+            if key not in known:
+                raise SDARConfigError(f"sdar.teacher.model.{key}: unknown key; known keys are {sorted(known)}")
+        raw["inference"] = dict(raw.get("inference") or {})
+        object.__setattr__(self, "model", TeacherModelConfig(**raw))
 
 
 @dataclass(frozen=True)
@@ -109,6 +158,33 @@ class RLSDConfig:
         if self.decay_steps <= 0:
             return self.mix
         return self.mix * max(0.0, 1.0 - step / self.decay_steps)
+
+
+@dataclass(frozen=True)
+class FaultsConfig:
+    """Stop rule for env faults (``verl_sdar.faults``): each training step logs
+    ``episode/env_error_rate``, the share of its episodes hit by an env fault (ended by an env error
+    or timeout; Search: a failed retrieval), and ``episode/env_errors/<kind>``. A run whose rate
+    stays above ``max_env_error_rate`` for ``patience_steps`` training steps in a row stops with an
+    error naming these settings and the recent rates, instead of training on failed episodes. (A
+    step where every episode failed before generating anything stops the run at once, whatever
+    these say: there is nothing to train on.)
+
+    Attributes:
+        max_env_error_rate: the highest tolerated ``episode/env_error_rate`` (a share in [0, 1]);
+            1.0 or null: the run never stops for env faults (they are still counted).
+        patience_steps: how many training steps in a row the rate must stay above
+            ``max_env_error_rate`` before the run stops; 0 or null: never stop.
+    """
+
+    max_env_error_rate: float | None = 0.5
+    patience_steps: int | None = 3
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the stop rule can trip."""
+        return (self.max_env_error_rate is not None and self.max_env_error_rate < 1.0
+                and self.patience_steps is not None and self.patience_steps > 0)
 
 
 @dataclass(frozen=True)
@@ -143,6 +219,7 @@ class SDARConfig:
         skills: skill retrieval, with ``privileged.source=skills``.
         teacher: teacher pass settings (prompt budget).
         rlsd: RLSD settings (used only with ``objective=rlsd``).
+        faults: when env faults stop the run (``episode/env_error_rate``).
     """
 
     objective: str = "sdar"
@@ -155,6 +232,7 @@ class SDARConfig:
     skills: SkillsConfig = field(default_factory=SkillsConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     rlsd: RLSDConfig = field(default_factory=RLSDConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -180,7 +258,9 @@ class SDARConfig:
             from ..skills import STATELESS_STRATEGIES, STRATEGIES
 
             if not self.skills.library:
-                raise SDARConfigError("sdar.skills.library: privileged.source=skills needs a skill library folder")
+                raise SDARConfigError(
+                    "sdar.skills.library: privileged.source=skills needs a skill library (builtin:<name> or a folder)"
+                )
             if self.skills.strategy not in STRATEGIES:
                 raise SDARConfigError(
                     f"sdar.skills.strategy: unknown strategy {self.skills.strategy!r}; expected one of {STRATEGIES}"
@@ -216,6 +296,18 @@ class SDARConfig:
             )
         if self.privileged.role not in ("system", "user"):
             raise SDARConfigError(f"sdar.privileged.role must be 'system' or 'user', got {self.privileged.role!r}")
+        if self.teacher.source not in TEACHER_SOURCES:
+            raise SDARConfigError(
+                f"sdar.teacher.source: unknown source {self.teacher.source!r}; expected one of {TEACHER_SOURCES}"
+            )
+        if self.teacher.source == "model":
+            model = self.teacher.model
+            if not model.path:
+                raise SDARConfigError("sdar.teacher.source=model needs sdar.teacher.model.path (the teacher's weights)")
+            for key in ("n_gpus_per_node", "nnodes"):
+                value = getattr(model, key)
+                if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+                    raise SDARConfigError(f"sdar.teacher.model.{key} must be a positive integer, got {value!r}")
         budget = self.teacher.max_prompt_length
         if budget is not None and not (isinstance(budget, int) and budget > 0):
             raise SDARConfigError(f"sdar.teacher.max_prompt_length must be a positive integer or null, got {budget!r}")
@@ -225,6 +317,16 @@ class SDARConfig:
             raise SDARConfigError(f"sdar.rlsd.clip_eps must be >= 0, got {self.rlsd.clip_eps!r}")
         if self.rlsd.decay_steps < 0:
             raise SDARConfigError(f"sdar.rlsd.decay_steps must be >= 0, got {self.rlsd.decay_steps!r}")
+        rate = self.faults.max_env_error_rate
+        if rate is not None and not (
+            isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0.0 <= rate <= 1.0
+        ):
+            raise SDARConfigError(f"sdar.faults.max_env_error_rate must be a share in [0, 1] or null, got {rate!r}")
+        patience = self.faults.patience_steps
+        if patience is not None and not (
+            isinstance(patience, int) and not isinstance(patience, bool) and patience >= 0
+        ):
+            raise SDARConfigError(f"sdar.faults.patience_steps must be an integer >= 0 or null, got {patience!r}")
 
     @property
     def objective_spec(self) -> methods.Objective:
@@ -250,6 +352,7 @@ class SDARConfig:
             "skills": SkillsConfig,
             "teacher": TeacherConfig,
             "rlsd": RLSDConfig,
+            "faults": FaultsConfig,
         }
         kwargs: dict[str, Any] = {}
         known = {f.name for f in dataclasses.fields(cls)}
@@ -300,21 +403,115 @@ class SDARConfig:
                 SkillLibrary.load(sdar.skills.library)  # a bad library fails here, naming the file
             except SkillLibraryError as exc:
                 raise SDARConfigError(f"sdar.skills.library: {exc}") from exc
+        if sdar.needs_teacher and sdar.teacher.source == "reference" and not (
+            OmegaConf.select(config, "algorithm.use_kl_in_reward", default=False)
+            or OmegaConf.select(config, "actor_rollout_ref.actor.use_kl_loss", default=False)
+        ):
+            raise SDARConfigError(
+                "sdar.teacher.source=reference scores the teacher rows with verl's reference policy, which "
+                "verl only builds with the KL loss or KL in reward: set actor_rollout_ref.actor.use_kl_loss=true "
+                "(the paper's setting) or use sdar.teacher.source=self"
+            )
+        if sdar.needs_teacher and sdar.teacher.source == "model":
+            temperature = OmegaConf.select(config, "actor_rollout_ref.rollout.temperature", default=1.0)
+            if temperature != 1.0:
+                raise SDARConfigError(
+                    "sdar.teacher.source=model: the teacher servers return untempered prompt log-probs "
+                    f"(temperature 1), but actor_rollout_ref.rollout.temperature={temperature} tempers the "
+                    "student's old_log_probs; use temperature 1.0 or sdar.teacher.source=self"
+                )
+            if OmegaConf.select(config, "distillation.enabled", default=False):
+                raise SDARConfigError(
+                    "sdar.teacher.source=model builds its own teacher servers; distillation.enabled=true "
+                    "would add verl's distillation loss and per-rollout teacher queries on top: "
+                    "set distillation.enabled=false"
+                )
         if not OmegaConf.select(config, "trainer.use_v1", default=True):
             raise SDARConfigError("trainer.use_v1: the SDAR trainer is a V1 trainer; set trainer.use_v1=true")
         return sdar
 
 
+def check_datasets(config: DictConfig, sdar: SDARConfig | None):
+    """Check the rows of ``data.train_files`` / ``data.val_files`` against the env contract for the
+    agent loop that plays them (``verl_sdar.envs.row_check``); with a teacher (or Skill-GRPO) that
+    reads a column, training rows must carry ``extra_info[sdar.privileged.key]``. Raises
+    ``DatasetRowError`` naming file, row and field; returns the report."""
+    from ..envs.row_check import check_data_files
+
+    reads_column = sdar is not None and (sdar.needs_teacher or sdar.student_prompt) and (
+        sdar.privileged.source == "column")
+    return check_data_files(
+        OmegaConf.select(config, "data.train_files", default=None),
+        OmegaConf.select(config, "data.val_files", default=None),
+        default_agent_loop=OmegaConf.select(config, "actor_rollout_ref.rollout.agent.default_agent_loop", default=None),
+        privileged_key=sdar.privileged.key if reads_column else None,
+    )
+
+
+def _vocab_fingerprint(vocab: dict[str, int]) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for token, index in sorted(vocab.items(), key=lambda item: item[1]):
+        digest.update(f"{index}\t{token}\n".encode())
+    return digest.hexdigest()[:12]
+
+
+def check_teacher_tokenizer(config: DictConfig, sdar: SDARConfig | None) -> None:
+    """With ``sdar.teacher.source=model``: the teacher scores the student's token ids, so both models
+    must have the same tokenizer. Loads both tokenizers and compares their vocabularies (token ->
+    id); raises ``SDARConfigError`` naming both model paths when they differ. A no-op otherwise."""
+    if sdar is None or not sdar.needs_teacher or sdar.teacher.source != "model":
+        return
+    from transformers import AutoTokenizer
+
+    model = OmegaConf.select(config, "actor_rollout_ref.model", default=None) or {}
+    student_path = model.get("tokenizer_path") or model.get("path")
+    teacher_path = sdar.teacher.model.path
+    trust = bool(model.get("trust_remote_code", False))
+    vocabs = {}
+    for who, path in (("student", student_path), ("teacher", teacher_path)):
+        try:
+            vocabs[who] = AutoTokenizer.from_pretrained(path, trust_remote_code=trust).get_vocab()
+        except Exception as exc:  # noqa: BLE001 - reported with the key that names the path
+            key = "actor_rollout_ref.model.path" if who == "student" else "sdar.teacher.model.path"
+            raise SDARConfigError(f"sdar.teacher.source=model: cannot load the {who} tokenizer from {key}={path!r}: "
+                                  f"{exc}") from exc
+    if vocabs["student"] != vocabs["teacher"]:
+        student, teacher = vocabs["student"], vocabs["teacher"]
+        raise SDARConfigError(
+            "sdar.teacher.source=model needs the student's tokenizer: the teacher scores the student's token ids, "
+            f"but the vocabularies differ: student {student_path!r} has {len(student)} tokens "
+            f"(sha {_vocab_fingerprint(student)}), teacher sdar.teacher.model.path={teacher_path!r} has "
+            f"{len(teacher)} tokens (sha {_vocab_fingerprint(teacher)}); "
+            f"{len(set(student.items()) ^ set(teacher.items()))} (token, id) pairs are not shared"
+        )
+
+
 class ValidateOnJobStart(Callback):
-    """Hydra callback (``hydra.callbacks``): validate ``sdar.*`` before the job starts Ray.
+    """Hydra callback (``hydra.callbacks``): validate ``sdar.*`` and the dataset rows
+    (:func:`check_datasets`) before the job starts Ray.
 
     Hydra 1.3 turns an exception raised in a callback into a warning and runs the job anyway, so a
     bad value is reported as ``SystemExit`` (which Hydra lets through): the job stops, exit status 1,
-    with the message naming the key.
+    with the message naming the key (or the file, row and field).
     """
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from ..envs.row_check import DatasetRowError
+
         try:
-            SDARConfig.from_config(config)
+            sdar = SDARConfig.from_config(config)
         except SDARConfigError as exc:
             raise SystemExit(f"verl-sdar: invalid configuration: {exc}") from exc
+        try:
+            check_teacher_tokenizer(config, sdar)
+        except SDARConfigError as exc:
+            raise SystemExit(f"verl-sdar: invalid configuration: {exc}") from exc
+        try:
+            report = check_datasets(config, sdar)
+        except DatasetRowError as exc:
+            raise SystemExit(str(exc)) from exc
+        if report.checked:
+            rows = ", ".join(f"{path} ({n} rows)" for path, n in report.checked.items())
+            print(f"[verl-sdar] dataset rows checked: {rows}", flush=True)

@@ -13,6 +13,10 @@ only in a process whose verl platform is the CPU one: elsewhere verl runs unpatc
 4. the transformers rollout backend as ``actor_rollout_ref.rollout.name=hf`` (:mod:`.hf_rollout`,
    imported by verl only when a run selects it).
 
+1. and 2. take effect at once; 3. (with the FSDP2 offload-pinning patch) and 4. when verl imports the
+registry they go into (``verl.workers.engine``, ``verl.workers.rollout.replica``/``.base``), before
+that import returns (:mod:`verl_sdar.import_hooks`), so a process that never trains pays nothing for them.
+
 On a machine with a CUDA device verl still picks its ``nvidia`` platform: then only 1. and 4. are in
 place, and neither changes what verl does there.
 :func:`missing_registrations` reports what did not take effect (verl logs plugin import errors at

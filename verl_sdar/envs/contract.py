@@ -37,6 +37,10 @@ field (constant)                   writers / readers
                                    ALFWorld reward's output (0/1).  R: logs, validation metrics
 ``episode_error``                  W: turn loops, on every row (reset or step failure, else ``""``).
 (``EPISODE_ERROR``)                R: ALFWorld reward
+``error_kind`` (``ERROR_KIND``)    W: every env agent loop, on every row: the kind of the episode's env
+                                   fault (one of ``ERROR_KINDS``: the error that ended it; Search: a
+                                   failed retrieval), else ``""``.  R: trainer fault counting
+                                   (:mod:`verl_sdar.faults`)
 ``episode_steps``                  W: turn loops, on every row.  R: ALFWorld and WebShop rewards
 (``EPISODE_STEPS``)
 ``turn``, ``action``, ``valid``    W: turn loops, per row.  R: logs, tests
@@ -56,11 +60,16 @@ field (constant)                   writers / readers
 =================================  ======================================================================
 
 The constants of the multi-word rows are the upper-case field names (``ENV_SECONDS``, ...).
+
+:data:`ROW_SCHEMAS` says which dataset-row fields each agent loop needs and of which type; the
+datasets are checked against it before any rollout (:mod:`verl_sdar.envs.row_check`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 # dataset row: extra_info
@@ -86,6 +95,7 @@ ENV_SECONDS = "env_seconds"
 EPISODE_SECONDS = "episode_seconds"
 NUM_TURNS_TOTAL = "num_turns_total"
 REWARD_EXTRA_INFO = "reward_extra_info"
+ERROR_KIND = "error_kind"
 ANSWER = "answer"
 SEARCHES = "searches"
 INVALID_TURNS = "invalid_turns"
@@ -98,6 +108,25 @@ VALID_ACTION = "valid_action"
 
 # reward functions: extra outputs
 SUCCESS = "success"
+
+# kinds of env faults (ERROR_KIND values)
+RESET_ERROR = "reset_error"
+RESET_TIMEOUT = "reset_timeout"
+STEP_ERROR = "step_error"
+STEP_TIMEOUT = "step_timeout"
+RETRIEVAL_ERROR = "retrieval_error"
+RETRIEVAL_TIMEOUT = "retrieval_timeout"
+ERROR_KINDS = (RESET_ERROR, RESET_TIMEOUT, STEP_ERROR, STEP_TIMEOUT, RETRIEVAL_ERROR, RETRIEVAL_TIMEOUT)
+
+
+def error_kind(stage: str, error: BaseException) -> str:
+    """The ``ERROR_KIND`` of an exception raised by an env call: ``<stage>_timeout`` for a
+    ``TimeoutError``, else ``<stage>_error`` (``stage``: ``reset``, ``step`` or ``retrieval``)."""
+    kind = f"{stage}_timeout" if isinstance(error, TimeoutError) else f"{stage}_error"
+    if kind not in ERROR_KINDS:
+        raise ValueError(f"unknown env stage {stage!r}")
+    return kind
+
 
 _ROW_FIELDS = (INDEX, SPLIT, TASK_TYPE, PRIVILEGED)
 
@@ -135,3 +164,78 @@ def dataset_row(
     row["reward_model"] = {"style": "rule", "ground_truth": ground_truth}
     row["extra_info"] = {INDEX: index, SPLIT: split, **fields, TASK_TYPE: task_type, PRIVILEGED: privileged}
     return row
+
+
+# ------------------------------------------------------------------------- dataset-row schemas
+@dataclass(frozen=True)
+class RowField:
+    """A field a dataset row must carry for the agent loop that plays it.
+
+    Attributes:
+        path: ``<column>.<key>`` (``extra_info.game_path``) or a top-level column.
+        types: the accepted Python types of the value (as ``pyarrow``'s ``to_pylist`` gives it).
+        purpose: what the agent loop uses it for (for the error message).
+        check: a further check of a value of the right type: returns what is wrong, or None.
+    """
+
+    path: str
+    types: tuple[type, ...]
+    purpose: str
+    check: Callable[[Any], str | None] | None = None
+
+
+def _not_blank(value: Any) -> str | None:
+    if isinstance(value, str) and not value.strip():
+        return "is an empty string"
+    return None
+
+
+def _golden_answers(value: Any) -> str | None:
+    """Search answers: a non-empty string, a non-empty list of strings, or ``{"target": <either>}``."""
+    if isinstance(value, dict):
+        if "target" not in value:
+            return f"is a mapping without 'target' (keys {sorted(value)})"
+        value = value["target"]
+    if isinstance(value, str):
+        return _not_blank(value)
+    if not isinstance(value, (list, tuple)):
+        return f"holds a {type(value).__name__}, not a string or a list of strings"
+    answers = [a for a in value if isinstance(a, str) and a.strip()]
+    if not answers:
+        return "holds no answer (an empty list, or no non-empty string in it)"
+    return None
+
+
+#: keys of a WebShop goal the env and its reward read
+WEBSHOP_GOAL_KEYS = ("instruction_text", "query", "product_category", "name", "attributes", "goal_options",
+                     "price_upper")
+
+
+def _webshop_goal(value: Any) -> str | None:
+    if isinstance(value, str):
+        problem = _not_blank(value)
+        if problem:
+            return problem
+        try:
+            value = json.loads(value)
+        except ValueError as e:
+            return f"is not valid JSON ({e})"
+    if not isinstance(value, dict):
+        return f"is a {type(value).__name__}, not a JSON object"
+    missing = [k for k in WEBSHOP_GOAL_KEYS if k not in value]
+    return f"lacks the keys {missing}" if missing else None
+
+
+#: per agent loop (``agent_name``), the fields its dataset rows must carry
+ROW_SCHEMAS: dict[str, tuple[RowField, ...]] = {
+    "alfworld": (RowField(f"extra_info.{GAME_PATH}", (str,), "the game file the alfworld agent loop plays",
+                          _not_blank),),
+    "search": (
+        RowField(f"extra_info.{QUESTION}", (str,), "the question the search agent loop asks", _not_blank),
+        RowField("reward_model.ground_truth", (str, list, dict),
+                 "the golden answers the search reward scores against", _golden_answers),
+    ),
+    "webshop": (RowField(f"extra_info.{GOAL}", (str, dict),
+                         f"the goal (JSON object with {list(WEBSHOP_GOAL_KEYS)}) the webshop agent loop plays",
+                         _webshop_goal),),
+}

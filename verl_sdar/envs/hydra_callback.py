@@ -17,10 +17,9 @@ workers, hence the callback writes the absolute path of the packaged
 from __future__ import annotations
 
 import os
-from typing import Any
-
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from verl_sdar.launch import LaunchCallback
 
 AGENT_LOOPS_YAML = os.path.join(os.path.dirname(os.path.abspath(__file__)), "agent_loops.yaml")
 AGENT_LOOPS = [
@@ -42,21 +41,32 @@ def agent_loops_yaml() -> str:
     return path
 
 
-def apply_agent_loop_defaults(config: DictConfig, default_agent_loop: str) -> None:
+def apply_agent_loop_defaults(config: DictConfig, default_agent_loop: str) -> list[str]:
+    """Point verl at the packaged agent-loop file (when the key is unset or ``pkg``) and make
+    ``default_agent_loop`` the default loop; returns one line per change."""
     if default_agent_loop not in NAMES:
         raise ValueError(f"default_agent_loop must be one of {NAMES}, got {default_agent_loop!r}")
+    changes = []
     key = "actor_rollout_ref.rollout.agent.agent_loop_config_path"
     if OmegaConf.select(config, key) in (None, "", "pkg"):
         OmegaConf.update(config, key, agent_loops_yaml(), merge=False, force_add=True)
-    OmegaConf.update(config, "actor_rollout_ref.rollout.agent.default_agent_loop", default_agent_loop,
-                     merge=False, force_add=True)
+        changes.append(f"{key} -> {OmegaConf.select(config, key)}")
+    key = "actor_rollout_ref.rollout.agent.default_agent_loop"
+    if OmegaConf.select(config, key) != default_agent_loop:
+        OmegaConf.update(config, key, default_agent_loop, merge=False, force_add=True)
+        changes.append(f"{key} -> {default_agent_loop}")
+    return changes
 
 
-class AgentLoopCallback(Callback):
+class AgentLoopCallback(LaunchCallback):
+    """:func:`apply_agent_loop_defaults` as a Hydra callback (single runs and ``--multirun``)."""
+
+    label = "verl-sdar agent loop"
+
     def __init__(self, default_agent_loop: str = "alfworld") -> None:
         if default_agent_loop not in NAMES:
             raise ValueError(f"default_agent_loop must be one of {NAMES}, got {default_agent_loop!r}")
         self.default_agent_loop = default_agent_loop
 
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        apply_agent_loop_defaults(config, self.default_agent_loop)
+    def edit(self, config: DictConfig) -> list[str]:
+        return apply_agent_loop_defaults(config, self.default_agent_loop)

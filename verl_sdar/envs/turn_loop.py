@@ -17,7 +17,19 @@ invalid-action penalty cannot ride on the reward score; it is stored per row in
 trainer to subtract (:mod:`verl_sdar.advantages`). Field names: :mod:`verl_sdar.envs.contract`.
 
 Env calls run in a worker thread (``asyncio`` is never blocked); an env error or timeout ends
-the episode as failed, logs the reason and is recorded in ``extra_fields["env_error"]``.
+the episode as failed, logs the reason and is recorded in ``extra_fields["env_error"]`` (the
+failed turn's row), ``"episode_error"`` and ``"error_kind"`` (every row: ``reset_error``,
+``reset_timeout``, ``step_error`` or ``step_timeout``; counted by the trainer, :mod:`verl_sdar.faults`).
+
+Prompt budget: every prompt fits the rollout's ``prompt_length`` (:meth:`TurnRowAgentLoop.fit_turn_prompt`).
+Over budget, the oldest shown (observation, action) pairs are dropped first, then the current
+observation is shortened (marked ``[...]``); the role, the task, the admissible actions, the
+answer format and a Skill-GRPO prefix are never cut (``ValueError`` if they alone do not fit: a
+budget too small for the env). verl's own ``ct_build_initial_tokens`` would instead keep only the
+last ``prompt_length`` tokens, losing the rules and the task with only a warning.
+
+A response of zero tokens (a server that returned nothing) becomes one masked filler token, so
+the row stays well formed; like any response without an action it is an invalid turn.
 
 Skill-GRPO (``sdar.student_prompt=true``, :func:`verl_sdar.privileged.student_privileged`):
 once per episode, after the reset, the row's privileged text is chosen (keyword strategies match the
@@ -47,6 +59,7 @@ from verl_sdar.envs.contract import (
     EPISODE_ERROR,
     EPISODE_SECONDS,
     EPISODE_STEPS,
+    ERROR_KIND,
     INVALID_ACTION_PENALTY,
     INVALID_REASON,
     NUM_TURNS_TOTAL,
@@ -56,9 +69,10 @@ from verl_sdar.envs.contract import (
     VALID,
     VALID_ACTION,
     WON,
+    error_kind,
 )
 from verl_sdar.envs.loop_base import EnvAgentLoop
-from verl_sdar.envs.turn_prompts import project_action
+from verl_sdar.envs.turn_prompts import clip_text, project_action
 from verl_sdar.privileged import student_privileged
 
 logger = logging.getLogger(__name__)
@@ -140,7 +154,12 @@ class TurnRowAgentLoop(EnvAgentLoop):
         then invalid (``inadmissible_action``) and penalised like a malformed one."""
         raise NotImplementedError
 
-    def prompt(self, task: str, observation: str, admissible: list[str], history: list[tuple[str, str]]) -> str:
+    def prompt(self, task: str, observation: str, admissible: list[str], history: list[tuple[str, str]],
+               history_length: int) -> str:
+        """The user message of the turn after ``history`` (``len(history)`` steps taken), showing
+        at most the last ``history_length`` (observation, action) pairs (fewer than the setting when
+        :meth:`fit_turn_prompt` shortens an over-budget prompt). ``observation`` may come shortened: the
+        prompt must then still state ``task``."""
         raise NotImplementedError
 
     def episode_fields(self, last_info: dict) -> dict[str, Any]:
@@ -152,10 +171,58 @@ class TurnRowAgentLoop(EnvAgentLoop):
         if close is not None:
             close()
 
-    # ------------------------------------------------------------------ episode
+    # ------------------------------------------------------------------ prompt budget
     async def _render(self, text: str) -> list[int]:
         return await self.ct_build_initial_tokens([{"role": "user", "content": text}])
 
+    async def _render_whole(self, text: str) -> list[int]:
+        """The chat-template token ids of one user message, uncut (``ct_build_initial_tokens``, which
+        :meth:`_render` uses, silently keeps only the last ``prompt_length`` ids)."""
+        messages = [{"role": "user", "content": text}]
+        return await self.loop.run_in_executor(
+            None, lambda: list(self.continuous_token_builder.build_initial_tokens(messages))
+        )
+
+    async def _longest_fit(self, length: int, render) -> list[int] | None:
+        """``await render(n)`` for the largest ``n`` in ``[0, length]`` whose ids fit the budget (None if none)."""
+        lo, hi, best = 0, length, None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            ids = await render(mid)
+            if len(ids) <= self.prompt_length:
+                best, lo = ids, mid + 1
+            else:
+                hi = mid - 1
+        return best
+
+    async def fit_turn_prompt(self, prefix: str, task: str, observation: str, admissible: list[str],
+                              history: list[tuple[str, str]]) -> list[int]:
+        """The token ids of the turn prompt (``prefix`` + :meth:`prompt`), at most ``prompt_length``.
+
+        Over budget: fewer past (observation, action) pairs are shown, oldest dropped first; with
+        none shown, the current observation is shortened to the longest prefix that fits. The
+        prefix, role, task, admissible actions and answer format are never cut: ``ValueError`` when
+        they alone exceed the budget.
+        """
+        window = min(max(self.history_length, 0), len(history))
+
+        async def render(obs: str, shown: int) -> list[int]:
+            return await self._render_whole(prefix + self.prompt(task, obs, admissible, history, shown))
+
+        for shown in range(window, -1, -1):
+            ids = await render(observation, shown)
+            if len(ids) <= self.prompt_length:
+                return ids
+        ids = await self._longest_fit(len(observation), lambda n: render(clip_text(observation, n), 0))
+        if ids is None:
+            raise ValueError(
+                f"{self.ENV_NAME} turn prompt: the role, task, admissible actions and answer format"
+                f"{' and the skill prefix' if prefix else ''} alone take more than the prompt budget of "
+                f"{self.prompt_length} tokens (data.max_prompt_length, actor_rollout_ref.rollout.prompt_length)"
+            )
+        return ids
+
+    # ------------------------------------------------------------------ episode
     async def run(self, sampling_params: dict[str, Any], priority: int = 0, **kwargs) -> list[AgentLoopOutput]:
         priority = int(priority)
         extra_info = plain(kwargs.get("extra_info")) or {}
@@ -165,6 +232,7 @@ class TurnRowAgentLoop(EnvAgentLoop):
         env = self.open_env()
         outputs: list[AgentLoopOutput] = []
         error = None
+        kind = ""
         won = False
         last_info: dict = {}
         try:
@@ -175,13 +243,15 @@ class TurnRowAgentLoop(EnvAgentLoop):
             except Exception as e:  # noqa: BLE001 - a broken task fails its episode, never the run
                 error = f"reset failed: {type(e).__name__}: {e}"
                 logger.warning("%s episode %s: %s", self.ENV_NAME, base, error)
-                return [await self._failed_reset_output(error, base, plain(kwargs.get("global_steps")))]
+                return [await self._failed_reset_output(
+                    error, base, plain(kwargs.get("global_steps")), kind=error_kind("reset", e)
+                )]
 
             skill = self.skill_prefix(extra_info, task or obs)
             history: list[tuple[str, str]] = []
             env_time = 0.0
             for turn in range(self.max_steps):
-                prompt_ids = await self._render(skill + self.prompt(task, obs, admissible, history))
+                prompt_ids = await self.fit_turn_prompt(skill, task, obs, admissible, history)
                 metrics: dict[str, Any] = {}
                 with simple_timer("generate_sequences", metrics):
                     request_id = (
@@ -196,10 +266,15 @@ class TurnRowAgentLoop(EnvAgentLoop):
                         priority=priority,
                     )
                 response_ids = list(generated.token_ids)[: self.response_length]
-                logprobs = list(generated.log_probs)[: self.response_length] if generated.log_probs else None
+                # an empty list (nothing generated) still means log-probs were asked for: keep a list
+                logprobs = list(generated.log_probs)[: len(response_ids)] if generated.log_probs is not None else None
+                response_mask = [1] * len(response_ids)
                 response_text = await self.loop.run_in_executor(
                     None, lambda ids=response_ids: self.tokenizer.decode(ids, skip_special_tokens=True)
                 )
+                if not response_ids:  # nothing generated: one masked filler token keeps the row well formed
+                    response_ids, response_mask = [self.filler_token_id()], [0]
+                    logprobs = [0.0] if logprobs is not None else None
                 projection = project_action(response_text)
 
                 step_error = None
@@ -212,6 +287,7 @@ class TurnRowAgentLoop(EnvAgentLoop):
                     step_error = f"step {turn} failed: {type(e).__name__}: {e}"
                     logger.warning("%s episode %s: %s", self.ENV_NAME, base, step_error)
                     error, done, won, next_obs, next_admissible = step_error, True, False, "", []
+                    kind = error_kind("step", e)
                 env_time += time.perf_counter() - t0
                 if turn + 1 >= self.max_steps:
                     done = True
@@ -225,7 +301,7 @@ class TurnRowAgentLoop(EnvAgentLoop):
                     AgentLoopOutput(
                         prompt_ids=prompt_ids,
                         response_ids=response_ids,
-                        response_mask=[1] * len(response_ids),
+                        response_mask=response_mask,
                         response_logprobs=logprobs,
                         num_turns=2,
                         metrics=metrics,
@@ -261,6 +337,7 @@ class TurnRowAgentLoop(EnvAgentLoop):
                     WON: won,
                     EPISODE_STEPS: len(outputs),
                     EPISODE_ERROR: error or "",
+                    ERROR_KIND: kind,
                     ENV_SECONDS: env_time,
                     EPISODE_SECONDS: episode_s,
                     NUM_TURNS_TOTAL: len(outputs),
@@ -280,9 +357,10 @@ class TurnRowAgentLoop(EnvAgentLoop):
         """Fields of the dataset row repeated on every turn row (``task_type`` at least)."""
         return {TASK_TYPE: extra_info.get(TASK_TYPE)}
 
-    async def _failed_reset_output(self, error: str, base: dict, global_steps: Any = None) -> AgentLoopOutput:
+    async def _failed_reset_output(self, error: str, base: dict, global_steps: Any = None,
+                                   kind: str = "") -> AgentLoopOutput:
         """A single zero-weight row for an episode whose task could not be loaded."""
-        prompt_ids = await self._render(f"The {self.ENV_NAME} task could not be loaded ({error}).")
+        prompt_ids = await self._render(f"The {self.ENV_NAME} task could not be loaded ({clip_text(error, 300)}).")
         return AgentLoopOutput(
             prompt_ids=prompt_ids,
             response_ids=[self.filler_token_id()],
@@ -304,6 +382,7 @@ class TurnRowAgentLoop(EnvAgentLoop):
                 ENV_ERROR: error,
                 EPISODE_STEPS: 0,
                 EPISODE_ERROR: error,
+                ERROR_KIND: kind,
                 ENV_SECONDS: 0.0,
                 EPISODE_SECONDS: 0.0,
                 NUM_TURNS_TOTAL: 1,

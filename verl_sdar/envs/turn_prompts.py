@@ -11,6 +11,8 @@ Each turn the prompt is rebuilt from scratch as one user message:
 Both ask for reasoning inside ``<think></think>`` followed by exactly one action inside
 ``<action></action>``. :func:`project_action` turns a response into the command sent to the
 environment and says whether it was well formatted (the admissible list is not checked here).
+
+:func:`clip_text` shortens a text that does not fit the prompt budget (the loops' ``fit_prompt``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Sequence
 
 ACTION_OPEN, ACTION_CLOSE = "<action>", "</action>"
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+_TAGS = (ACTION_OPEN, ACTION_CLOSE, THINK_OPEN, THINK_CLOSE)
 #: characters of an untagged response that are still sent to the environment
 FALLBACK_TAIL = 30
 _CJK = re.compile(r"[\u4e00-\u9fff]")
@@ -30,6 +33,11 @@ ANSWER_FORMAT = (
     f"between {THINK_OPEN} and {THINK_CLOSE}. Then choose exactly one of the admissible actions "
     f"and write it between {ACTION_OPEN} and {ACTION_CLOSE}."
 )
+
+
+def clip_text(text: str, chars: int) -> str:
+    """``text`` cut to its first ``chars`` characters, marked ``[...]`` when cut."""
+    return text if len(text) <= chars else text[: max(chars, 0)].rstrip() + " [...]"
 
 
 def admissible_text(actions: Sequence[str]) -> str:
@@ -90,7 +98,7 @@ class Projection:
     action: str
     """the command sent to the environment (lower-cased)"""
     valid: bool
-    """well formatted: think and action tags present, no Chinese characters"""
+    """well formatted: think and action tags present, no tag inside the action, no Chinese characters"""
     reason: str = ""
     """why the turn is invalid ('' when valid); several reasons are joined by ','"""
 
@@ -101,7 +109,9 @@ def project_action(text: str) -> Projection:
     The text is lower-cased; the span between the first ``<action>`` and the following
     ``</action>`` (stripped) is the action. Without both action tags, the last
     :data:`FALLBACK_TAIL` characters are sent instead. The turn is invalid when the action tags
-    or the think tags are missing, or when the response contains Chinese characters.
+    or the think tags are missing, when the action holds one of the four tags itself (nested tags,
+    ``<action><action>look</action></action>``: no env command contains one), or when the response
+    contains Chinese characters. Of repeated action blocks the first counts (verl-agent's rule).
     """
     lowered = text.lower()
     reasons = []
@@ -112,6 +122,8 @@ def project_action(text: str) -> Projection:
         reasons.append("no_action_tags")
     else:
         action = lowered[start + len(ACTION_OPEN):end].strip()
+        if any(tag in action for tag in _TAGS):
+            reasons.append("nested_tags")
     think_open = lowered.find(THINK_OPEN)
     if think_open < 0 or lowered.find(THINK_CLOSE, think_open + len(THINK_OPEN)) < 0:
         reasons.append("no_think_tags")

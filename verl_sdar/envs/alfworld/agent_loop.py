@@ -24,7 +24,7 @@ from typing import Any
 
 from verl.experimental.agent_loop.agent_loop import register
 
-from verl_sdar.envs.alfworld.prompts import build_prompt
+from verl_sdar.envs.alfworld.prompts import build_prompt, first_prompt
 from verl_sdar.envs.contract import GAME_PATH, TASK_TYPE, WON
 from verl_sdar.envs.turn_loop import TURN_DEFAULTS, TurnRowAgentLoop, call_env  # noqa: F401  (call_env: tests)
 
@@ -66,5 +66,8 @@ class AlfworldAgentLoop(TurnRowAgentLoop):
         next_obs, _reward, done, info = env.step(action)
         return next_obs, done, bool(info.get(WON, False)), info["admissible_commands"], info
 
-    def prompt(self, task, observation, admissible, history) -> str:
-        return build_prompt(task, observation, admissible, history, self.history_length)
+    def prompt(self, task, observation, admissible, history, history_length) -> str:
+        if not history and task and task not in observation:
+            # the first observation states the task; shortened to fit the prompt budget it may not
+            return first_prompt(observation, admissible, task=task)
+        return build_prompt(task, observation, admissible, history, history_length)

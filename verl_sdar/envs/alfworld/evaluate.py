@@ -9,7 +9,7 @@ teacher's :class:`verl_sdar.teacher.PrivilegedBlocks`: :func:`.expert_sft.chat_i
 the policy does *with* the privileged context in its own prompt.
 
     python -m verl_sdar.envs.alfworld.evaluate MODEL_DIR GAMES_ROOT [--split valid_seen] [--max-steps 20]
-        [--privileged none|route|skills] [--skills envs/alfworld/skills] [--temperature 0] [--seed 0] [--limit N]
+        [--privileged none|route|skills] [--skills builtin:alfworld] [--temperature 0] [--seed 0] [--limit N]
 """
 
 from __future__ import annotations
@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--history-length", type=int, default=2)
     p.add_argument("--privileged", choices=("none", "route", "skills"), default="none",
                    help="privileged block in the policy's prompt")
-    p.add_argument("--skills", default=None, help="skill library folder (for --privileged skills)")
+    p.add_argument("--skills", default=None,
+                   help="skill library: builtin:alfworld (shipped) or a folder (for --privileged skills)")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=0)

@@ -13,7 +13,7 @@ route), so a model trained on the mix has seen prompts both with and without it.
 (``sdar.privileged.placement``), so they are the teacher's sequences and cannot drift from them.
 
     python -m verl_sdar.envs.alfworld.expert_sft GAMES_ROOT OUT.parquet [--split train]
-        [--privileged route|skills] [--skills envs/alfworld/skills] [--fraction 0.5]
+        [--privileged route|skills] [--skills builtin:alfworld] [--fraction 0.5]
         [--history-length 2] [--seed 0]
 
 writes verl's multi-turn SFT format (a ``messages`` column, plus ``task_type``, ``game``, ``turn``,
@@ -245,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", help="output parquet")
     p.add_argument("--split", default="train")
     p.add_argument("--privileged", choices=("route", "skills", "none"), default="route")
-    p.add_argument("--skills", default=None, help="skill library folder (for --privileged skills)")
+    p.add_argument("--skills", default=None,
+                   help="skill library: builtin:alfworld (shipped) or a folder (for --privileged skills)")
     p.add_argument("--fraction", type=float, default=0.5, help="share of games whose samples get the block")
     p.add_argument("--history-length", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)

@@ -10,7 +10,7 @@ Two kinds, chosen by name (``none``: no privileged text):
   tell; it is the informative privileged context of the small-scale learning curves
   (``benchmarks/curves.py``).
 
-    text_for = privileged_text("route")          # or privileged_text("skills", "envs/alfworld/skills")
+    text_for = privileged_text("route")          # or privileged_text("skills", "builtin:alfworld")
     text_for("/path/to/game.tw-pddl")            # -> str
 """
 

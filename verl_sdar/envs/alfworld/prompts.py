@@ -19,8 +19,10 @@ from verl_sdar.envs.turn_prompts import later_prompt as _later_prompt
 ROLE = "You are an agent acting in a household simulated by the ALFWorld text environment."
 
 
-def first_prompt(observation: str, admissible_actions: Sequence[str]) -> str:
-    return _first_prompt(ROLE, observation, admissible_actions)
+def first_prompt(observation: str, admissible_actions: Sequence[str], task: str | None = None) -> str:
+    """The first turn's prompt; ``task`` is stated only when given (the first observation holds it,
+    unless the loop had to shorten the observation to fit its prompt budget)."""
+    return _first_prompt(ROLE, observation, admissible_actions, task=task)
 
 
 def later_prompt(task: str, observation: str, admissible_actions: Sequence[str],

@@ -40,7 +40,9 @@ from verl.utils.profiler import simple_timer
 from verl_sdar.envs.common import plain
 from verl_sdar.envs.contract import (
     ANSWER,
+    ENV_ERROR,
     EPISODE_SECONDS,
+    ERROR_KIND,
     INVALID_ACTION_PENALTY,
     INVALID_REASON,
     INVALID_TURNS,
@@ -117,6 +119,8 @@ class SearchAgentLoop(EnvAgentLoop):
         answer = None
         searches = invalid = 0
         reasons: list[str] = []
+        errors: list[str] = []  # failed retrievals
+        fault = ""  # the kind of the first one
         retrieval_s = 0.0
         metrics: dict[str, Any] = {}
         server_fields: dict[str, Any] = {}
@@ -138,7 +142,7 @@ class SearchAgentLoop(EnvAgentLoop):
                 )
             server_fields = dict(generated.extra_fields or {}) if not server_fields else server_fields
             ids = list(generated.token_ids)[:budget]
-            have_logprobs = have_logprobs or bool(generated.log_probs)
+            have_logprobs = have_logprobs or generated.log_probs is not None  # [] too: nothing generated
             lps = list(generated.log_probs)[: len(ids)] if generated.log_probs else [0.0] * len(ids)
             text = await self.loop.run_in_executor(None, self._decode, ids)
             action = parse_action(text)
@@ -151,10 +155,13 @@ class SearchAgentLoop(EnvAgentLoop):
                 break
             if action.kind == "search":
                 searches += 1
-                results, _error, seconds = await retrieve(
+                results, error, seconds, kind = await retrieve(
                     self.retriever, action.content, self.topk, self.retrieval_timeout
                 )
                 retrieval_s += seconds
+                if error:
+                    errors.append(error)
+                    fault = fault or kind
                 feedback = information_block(results)
             else:
                 invalid += 1
@@ -187,6 +194,8 @@ class SearchAgentLoop(EnvAgentLoop):
                 INVALID_REASON: "; ".join(reasons),
                 INVALID_ACTION_PENALTY: self.penalty * invalid,
                 RETRIEVAL_SECONDS: retrieval_s,
+                ENV_ERROR: "; ".join(errors),
+                ERROR_KIND: fault,
                 EPISODE_SECONDS: time.perf_counter() - start,
                 REWARD_EXTRA_INFO: {},
             },

@@ -8,9 +8,10 @@ import functools
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from verl_sdar.envs.common import env_settings, locked_cache
+from verl_sdar.envs.contract import error_kind
 from verl_sdar.envs.search.retrieval import Retriever, format_hits, make_retriever
 
 logger = logging.getLogger(__name__)
@@ -32,11 +33,23 @@ def get_retriever(url: str | None, corpus_path: str | None) -> Retriever:
     return make_retriever(url=url, corpus_path=corpus_path)
 
 
-async def retrieve(retriever: Retriever, query: str, topk: int, timeout_s: float) -> tuple[str, str, float]:
-    """Search ``query`` in a worker thread: ``(results as the agent reads them, error or "", seconds)``.
+class Retrieved(NamedTuple):
+    """One search call's outcome."""
+
+    text: str
+    """the results as the agent reads them (``Search failed (<error type>).`` on failure)"""
+    error: str
+    """the error message, ``""`` when the search worked"""
+    seconds: float
+    kind: str = ""
+    """the ``error_kind`` (``retrieval_error`` / ``retrieval_timeout``), ``""`` when it worked"""
+
+
+async def retrieve(retriever: Retriever, query: str, topk: int, timeout_s: float) -> Retrieved:
+    """Search ``query`` in a worker thread: ``(results as the agent reads them, error or "", seconds, kind)``.
 
     A failed search (server down, timeout, bad response) comes back as the text
-    ``Search failed (<error type>).`` and the error message; it never raises.
+    ``Search failed (<error type>).``, the error message and its kind; it never raises.
     """
     loop = asyncio.get_running_loop()
     t0 = time.perf_counter()
@@ -44,11 +57,12 @@ async def retrieve(retriever: Retriever, query: str, topk: int, timeout_s: float
         hits = await asyncio.wait_for(
             loop.run_in_executor(None, functools.partial(retriever.search, [query], topk)), timeout_s
         )
-        return format_hits(hits[0]), "", time.perf_counter() - t0
+        return Retrieved(format_hits(hits[0]), "", time.perf_counter() - t0)
     except Exception as e:  # noqa: BLE001 - a failed search is an observation, never a crash
         logger.warning("search: retrieval failed for %r: %s", query, e)
         error = f"retrieval failed: {type(e).__name__}: {e}"
-        return f"Search failed ({type(e).__name__}).", error, time.perf_counter() - t0
+        return Retrieved(f"Search failed ({type(e).__name__}).", error, time.perf_counter() - t0,
+                         error_kind("retrieval", e))
 
 
 def open_retriever(settings: dict[str, Any]) -> tuple[Retriever, int, float]:

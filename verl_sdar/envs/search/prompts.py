@@ -20,6 +20,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from verl_sdar.envs.turn_prompts import clip_text
+
 INSTRUCTION = (
     "Answer the question below. You may search a knowledge base: write <search> your query </search> "
     "and the results will be shown between <information> and </information>. You have at most "
@@ -31,6 +33,7 @@ INVALID_FEEDBACK = (
     "Invalid action: write <search> query </search> to search or <answer> text </answer> to answer."
 )
 _ACTION = re.compile(r"<(search|answer)>(.*?)</\1>", re.DOTALL)
+_TAG = re.compile(r"</?(search|answer)>")
 
 
 def build_prompt(question: str, max_turns: int) -> str:
@@ -46,13 +49,16 @@ class Action:
 
 
 def parse_action(text: str) -> Action:
-    """The first complete ``<search>``/``<answer>`` block of ``text``; empty content is invalid."""
+    """The first complete ``<search>``/``<answer>`` block of ``text``; empty content, or content
+    holding an action tag itself (nested tags), is invalid."""
     match = _ACTION.search(text)
     if match is None:
         return Action("invalid", "", len(text), "no <search> or <answer> block")
     content = " ".join(match.group(2).split())
     if not content:
         return Action("invalid", "", match.end(), f"empty <{match.group(1)}> block")
+    if _TAG.search(content):
+        return Action("invalid", "", match.end(), f"nested tags in the <{match.group(1)}> block")
     return Action(match.group(1), content, match.end())
 
 
@@ -92,11 +98,6 @@ def search_turn(query: str, results: str) -> Turn:
 
 def invalid_turn(reason: str) -> Turn:
     return Turn(f"(no valid action: {reason})", INVALID_FEEDBACK)
-
-
-def clip_text(text: str, chars: int) -> str:
-    """``text`` cut to its first ``chars`` characters, marked when cut."""
-    return text if len(text) <= chars else text[: max(chars, 0)].rstrip() + " [...]"
 
 
 def clip_turn(turn: Turn, chars: int) -> Turn:

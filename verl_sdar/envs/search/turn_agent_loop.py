@@ -53,6 +53,7 @@ from verl_sdar.envs.contract import (
     EPISODE_ERROR,
     EPISODE_SECONDS,
     EPISODE_STEPS,
+    ERROR_KIND,
     INVALID_ACTION_PENALTY,
     INVALID_REASON,
     INVALID_TURNS,
@@ -142,27 +143,6 @@ class SearchTurnAgentLoop(TurnRowAgentLoop):
             )
         return ids
 
-    async def _render_whole(self, text: str) -> list[int]:
-        """The chat-template token ids of one user message, uncut. (``ct_build_initial_tokens``, which
-        the base's ``_render`` uses, silently keeps only the last ``prompt_length`` ids: the rules and
-        the question would be lost. Here the prompt is made to fit instead.)"""
-        messages = [{"role": "user", "content": text}]
-        return await self.loop.run_in_executor(
-            None, lambda: list(self.continuous_token_builder.build_initial_tokens(messages))
-        )
-
-    async def _longest_fit(self, length: int, render) -> list[int] | None:
-        """``render(n)`` for the largest ``n`` in ``[0, length]`` whose ids fit the budget (None if none)."""
-        lo, hi, best = 0, length, None
-        while lo <= hi:
-            mid = (lo + hi) // 2
-            ids = await render(mid)
-            if len(ids) <= self.prompt_length:
-                best, lo = ids, mid + 1
-            else:
-                hi = mid - 1
-        return best
-
     # ------------------------------------------------------------------ episode
     async def run(self, sampling_params: dict[str, Any], priority: int = 0, **kwargs) -> list[AgentLoopOutput]:
         priority = int(priority)
@@ -181,6 +161,7 @@ class SearchTurnAgentLoop(TurnRowAgentLoop):
         answer = None
         searches = invalid = 0
         retrieval_s = 0.0
+        fault = ""  # the kind of the episode's first failed retrieval
         for turn in range(self.max_steps):
             prompt_ids = await self.fit_prompt(question, history, prefix)
             metrics: dict[str, Any] = {}
@@ -192,7 +173,8 @@ class SearchTurnAgentLoop(TurnRowAgentLoop):
                     request_id=request_id, prompt_ids=prompt_ids, sampling_params=sampling_params, priority=priority
                 )
             ids = list(generated.token_ids)[: self.response_length]
-            logprobs = list(generated.log_probs)[: len(ids)] if generated.log_probs else None
+            # an empty list (nothing generated) still means log-probs were asked for: keep a list
+            logprobs = list(generated.log_probs)[: len(ids)] if generated.log_probs is not None else None
             text = await self.loop.run_in_executor(None, self._decode, ids)
             action = parse_action(text)
             if action.kind != "invalid":  # drop what follows the action's closing tag
@@ -209,10 +191,11 @@ class SearchTurnAgentLoop(TurnRowAgentLoop):
                 searches += 1
                 action_text = f"<search> {action.content} </search>"
                 if turn + 1 < self.max_steps:  # the last turn's results would never be shown
-                    results, step_error, seconds = await retrieve(
+                    results, step_error, seconds, kind = await retrieve(
                         self.retriever, action.content, self.topk, self.retrieval_timeout
                     )
                     retrieval_s += seconds
+                    fault = fault or kind
                     entry = search_turn(action.content, results)
             else:
                 invalid += 1
@@ -264,6 +247,7 @@ class SearchTurnAgentLoop(TurnRowAgentLoop):
                     RETRIEVAL_SECONDS: retrieval_s,
                     EPISODE_STEPS: len(outputs),
                     EPISODE_ERROR: "",
+                    ERROR_KIND: fault,
                     ENV_SECONDS: retrieval_s,
                     EPISODE_SECONDS: episode_s,
                     NUM_TURNS_TOTAL: len(outputs),

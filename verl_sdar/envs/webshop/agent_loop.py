@@ -71,10 +71,10 @@ class WebShopAgentLoop(TurnRowAgentLoop):
         obs, _reward, done, info = env.step(action)
         return obs, done, bool(info[WON]), info["admissible_commands"], info
 
-    def prompt(self, task, observation, admissible, history) -> str:
+    def prompt(self, task, observation, admissible, history, history_length) -> str:
         if not history:
             return first_prompt(ROLE, observation, admissible, task=task)
-        return later_prompt(ROLE, task, observation, admissible, history, self.history_length)
+        return later_prompt(ROLE, task, observation, admissible, history, history_length)
 
     def episode_fields(self, last_info: dict) -> dict[str, Any]:
         return {WEBSHOP_REWARD: float(last_info.get("reward", 0.0)), BOUGHT: bool(last_info.get(BOUGHT, False))}
