@@ -157,11 +157,12 @@ def test_every_recipe_composes_and_every_library_loads_by_name_from_the_installe
         assert shipped == {"general": [s.skill_id for s in lib.general],
                            "task_types": {t: s.skill_id for t, s in lib.task_skills.items()}}
 
-    # every recipe of the checkout, the GPU ones with every policy: 7 methods x 3 envs x 3 policies
+    # every recipe of the checkout, the GPU ones with every policy: 7 methods x 3 envs x 3 policies,
+    # plus ALFWorld's SDAR with a separate 7B teacher (sdar_teacher_7b) x 3 policies
     composed = {(r["env"], r["recipe"]) for r in report["recipes"]}
     assert composed == {(env, recipe) for env in resources.recipe_envs() for recipe in resources.recipe_names(env)}
     gpu = [r for r in report["recipes"] if r["policy"] is not None]
-    assert len(gpu) == 63 and len(report["recipes"]) == 63 + 3 + 1
+    assert len(gpu) == 63 + 3 and len(report["recipes"]) == 63 + 3 + 3 + 1
     for r in gpu:  # the teacher's (and Skill-GRPO's) library is the env's shipped one, by name
         assert r["library"] == f"builtin:{r['env']}", r
         assert r["experiment"] == f"{r['env']}_{r['recipe']}_{r['policy']}"
