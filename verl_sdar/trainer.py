@@ -126,8 +126,7 @@ class SDARTrainer(PPOTrainerSync):
             from verl.trainer.ppo.utils import Role
 
             self.resource_pool_manager.resource_pool_spec[TEACHER_POOL] = spec
-            self.resource_pool_manager.mapping[Role.TeacherModel] = TEACHER_POOL
-            self.mapping[Role.TeacherModel] = TEACHER_POOL
+            self.mapping[Role.TeacherModel] = TEACHER_POOL  # the manager holds this same dict
 
     def _setup(self):
         # The source exists before verl's _setup, which loads a checkpoint (and our state with it).
