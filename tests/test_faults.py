@@ -192,3 +192,13 @@ def test_a_run_on_corrupted_games_stops_after_patience_steps_and_runs_on_with_th
     for step in steps.values():
         assert step["episode/env_error_rate"] == 0.75 and step["episode/env_errors/reset_error"] == 6.0
         assert step["episode/episodes"] == 8
+
+
+def test_trainable_rows_counts_real_rows_with_a_loss_token():
+    import torch
+
+    from verl_sdar.faults import trainable_rows
+
+    masks = [torch.tensor([0, 1]), torch.tensor([0, 0]), torch.tensor([1, 1]), torch.tensor([1])]
+    assert trainable_rows(masks, real=[0, 1, 2]) == 2  # row 3 is padding: not counted
+    assert trainable_rows(masks, real=[1]) == 0

@@ -64,6 +64,11 @@ class FaultCounts:
         return self.faulted / self.episodes if self.episodes else 0.0
 
 
+def trainable_rows(response_masks: Sequence, real: Sequence[int]) -> int:
+    """The real rows with at least one response token in the loss (``FaultMonitor.update``)."""
+    return sum(bool(response_masks[i].any()) for i in real)
+
+
 def count_faults(keys: Sequence[str], extra_fields: Sequence, real: Sequence[int]) -> FaultCounts | None:
     """Faulted episodes among the real rows (each episode once; its first faulted row names the
     kind). None when no real row carries a fault field (no env agent loop)."""

@@ -40,7 +40,7 @@ from . import metrics as sdar_metrics
 from .advantages import penalise_rewards, row_penalties
 from .config import SDARConfig, check_datasets, check_teacher_tokenizer
 from .envs.contract import INVALID_ACTION_PENALTY
-from .faults import FaultMonitor, count_faults, fault_metrics
+from .faults import FaultMonitor, count_faults, fault_metrics, trainable_rows
 from .loss import make_actor_loss
 from .names import TRAINER_MODE
 from .plugin_status import check_registered
@@ -237,8 +237,8 @@ class SDARTrainer(PPOTrainerSync):
         metrics.update(sdar_metrics.episode_metrics(batch.keys, extra, real))
         faults = count_faults(batch.keys, extra, real)
         metrics.update(fault_metrics(faults))
-        masks = _rows(rows["response_mask"])
-        self.fault_monitor.update(self.global_steps, faults, trainable_rows=sum(bool(masks[i].any()) for i in real))
+        self.fault_monitor.update(self.global_steps, faults,
+                                  trainable_rows=trainable_rows(_rows(rows["response_mask"]), real))
         if not any(isinstance(e, dict) and INVALID_ACTION_PENALTY in e for e in extra):
             return batch, None
         penalties = row_penalties(extra)
