@@ -51,6 +51,7 @@ def alfworld_small(tmp_path_factory) -> Path:
 TIERS = ("unit", "envs", "e2e", "vllm")
 MODULE_TIERS = {
     "test_advantages.py": "unit",
+    "test_stats.py": "unit",
     "test_alfworld_agent_loop.py": "envs",    # + two main_ppo tests (e2e, found by run_main_ppo)
     "test_alfworld_generator.py": "envs",
     "test_alfworld_warmstart.py": "envs",

@@ -120,6 +120,22 @@ def test_evaluate_plays_games_with_and_without_privileged_text(tmp_path, two_gam
         assert s["invalid_turn_share"] == 1.0  # a random tiny model never writes the tags
 
 
+def test_evaluate_plays_reuses_envs_and_seeds_each_play_on_its_own(tmp_path, two_games):
+    """k plays in one call (envs loaded once) give what k separate calls give, play by play."""
+    from verl_sdar.envs.alfworld.evaluate import evaluate, evaluate_plays
+    from verl_sdar.tiny_model import build_tiny_model
+
+    model = str(build_tiny_model(tmp_path / "m", seed=0))
+    plays = evaluate_plays(model, two_games, [(1.0, 3), (0.0, 0), (1.0, 5)], max_steps=2, max_new_tokens=8)
+    for (temperature, seed), got in zip([(1.0, 3), (0.0, 0), (1.0, 5)], plays, strict=True):
+        alone = evaluate(model, two_games, max_steps=2, temperature=temperature, seed=seed, max_new_tokens=8)
+        def facts(results):
+            return [(r.game, r.actions, r.steps, r.won) for r in results]
+
+        assert facts(got) == facts(alone)
+    assert [r.actions for r in plays[0]] != [r.actions for r in plays[2]]  # other seed, other samples
+
+
 def test_expert_logprob_is_the_teacher_forced_response_logprob(tmp_path, turns):
     import math
 

@@ -202,3 +202,100 @@ def test_reference_teacher_equals_self_before_the_first_update_and_not_after(fir
     assert own[2]["sdar/plain_rows_gap_abs_max"] < 1e-3  # self: still the student's own weights
     assert reference[2]["sdar/plain_rows_gap_abs_max"] > 1e-2, reference[2]["sdar/plain_rows_gap_abs_max"]
     assert reference[2]["sdar/teacher_pass_s"] > 0
+
+
+# ----------------------------------------------------------------------------- exact resume
+EXACT_RESUME = ("trainer.total_training_steps=4", "trainer.save_freq=1", "trainer.test_freq=-1",
+                "trainer.val_before_train=false", "actor_rollout_ref.actor.optim.lr=1e-2", "data.shuffle=true",
+                "actor_rollout_ref.rollout.full_determinism=true")
+# not compared: wall times and process facts; and three kinds of metric that turn float rounding
+# (~1e-7, see below) into visible differences: rollout_corr/* (differences of two nearly equal
+# log-probs, ~1e-4), *gate_active_ratio (counts tokens with g > 0.5, and every token of a row
+# without privileged text sits exactly at gap 0, g = 0.5), actor/sdar/gap_std (a mean over the
+# update's micro-batches of each one's std)
+_NOT_COMPARED = ("timing_s/", "timing_per_token_ms/", "perf/", "actor/perf/", "sdar/teacher_pass_s", "training/",
+                 "throughput", "rollout_corr/", "sdar/gate_active_ratio", "actor/sdar/gate_active_ratio",
+                 "actor/sdar/gap_std")
+_NOT_COMPARED_INFIX = ("/gate_active_ratio",)
+
+
+def _compared(data: dict) -> dict:
+    return {k: v for k, v in data.items() if not k.startswith(_NOT_COMPARED) and not k.endswith(_NOT_COMPARED_INFIX)}
+
+
+def _kill_after_checkpoint(work: Path, experiment: str, step: int, timeout: float = 600) -> str:
+    """Start the 4-step run, SIGKILL the driver as soon as verl's completion marker names ``step``,
+    then every process it left behind (its Ray session). Returns the log."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    marker = work / "checkpoints" / experiment / "latest_checkpointed_iteration.txt"
+    env = dict(os.environ, VERL_SDAR_WORK=str(work), HYDRA_FULL_ERROR="1", TOKENIZERS_PARALLELISM="false",
+               WANDB_MODE="disabled", VERL_FILE_LOGGER_PATH=str(work / f"{experiment}_killed.jsonl"))
+    cmd = [sys.executable, "-m", "verl.trainer.main_ppo", f"--config-path={REPO / 'recipes' / 'cpu'}",
+           "--config-name=codeword_sdar", "trainer.logger=[console,file]", *EXACT_RESUME,
+           f"trainer.experiment_name={experiment}", f"hydra.run.dir={work / 'hydra' / experiment}"]
+    log = work / f"{experiment}_killed.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=work, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        try:
+            while not (marker.exists() and marker.read_text().strip() == str(step)):
+                assert proc.poll() is None, log.read_text()[-4000:]
+                assert time.monotonic() < deadline, "no checkpoint in time"
+                time.sleep(0.05)
+            os.kill(proc.pid, signal.SIGKILL)  # the driver, mid-run (step `step` + 1 has begun)
+            proc.wait(timeout=30)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # what the driver left: Ray's raylet, GCS, workers
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=30)
+    return log.read_text()
+
+
+def test_resume_after_sigkill_repeats_the_uninterrupted_run(work):
+    """Kill the driver (SIGKILL) right after step 2's checkpoint of a 4-step run, leave a
+    half-written step-3 folder as a kill during its save would, resume, and compare steps 3-4 with
+    an uninterrupted run under the same seeds. The resume starts from step 2 (the folder verl's
+    completion marker names, written after the checkpoint's files).
+
+    With ``actor_rollout_ref.rollout.full_determinism=true`` each sample's draw is seeded by the
+    rollout seed, the weights version, the prompt and the sample's row (verl's ``det-<row>``
+    request ids), and the dataloader position, weights and optimiser state come from the
+    checkpoint, so the resumed steps sample the same tokens and see the same rewards: counts,
+    lengths and scores are identical. Log-probs are not bit-identical between two runs of the CPU
+    path, resumed or not (two uninterrupted runs differ too): a row's log-prob depends at ~1e-7 on
+    the micro-batch it is computed in (padding, the rollout server's batch of concurrent
+    requests), so continuous metrics are compared to 1e-4 relative."""
+    straight = {r["step"]: r["data"] for r in run_main_ppo(work, "straight", *EXACT_RESUME,
+                                                            "trainer.experiment_name=straight")}
+    assert sorted(straight) == [1, 2, 3, 4]
+    log = _kill_after_checkpoint(work, "killed", step=2)
+    assert "step:4" not in log
+    # what a kill during step 3's save would leave: a half-written folder the marker does not name
+    ckpt = work / "checkpoints" / "killed"
+    half = ckpt / "global_step_3" / "actor"
+    half.mkdir(parents=True, exist_ok=True)
+    (half / "model_world_size_1_rank_0.pt").write_bytes(b"\x80\x02truncated")
+    assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
+    assert (ckpt / "global_step_2" / "sdar_state.json").is_file()
+    resumed = {r["step"]: r["data"] for r in run_main_ppo(work, "resumed", *EXACT_RESUME,
+                                                           "trainer.experiment_name=killed")}
+    assert sorted(resumed) == [3, 4], sorted(resumed)
+    for step in (3, 4):
+        want, got = _compared(straight[step]), _compared(resumed[step])
+        assert sorted(want) == sorted(got)
+        for key in ("response_length/mean", "prompt_length/mean", "critic/score/mean", "sdar/rows_with_privileged",
+                    "training/global_step"):
+            assert straight[step].get(key) == resumed[step].get(key), (step, key)
+        differ = {k: (want[k], got[k]) for k in want if got[k] != pytest.approx(want[k], rel=1e-4, abs=1e-6)}
+        assert not differ, f"step {step}: {differ}"
+    # the teacher's TransferQueue partition is empty after every step, and the store holds one batch
+    for data in (*straight.values(), *resumed.values()):
+        assert data["sdar/teacher_partition_rows"] == 0
+    assert len({data["sdar/tq_stored_rows"] for data in straight.values()}) == 1

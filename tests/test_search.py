@@ -130,6 +130,129 @@ def test_http_retriever_against_a_local_search_r1_server(bm25):
         HTTPRetriever("localhost:8000")
 
 
+def _flaky_server(answers: list[str], bm25):
+    """A Search-R1 server whose n-th request gets ``answers[n]``: ``"ok"`` (BM25 answer), ``"500"``,
+    ``"drop"`` (connection closed without a response), ``"hang"`` (no answer for 5 s)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    calls = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            what = answers[min(len(calls), len(answers) - 1)]
+            calls.append(what)
+            if what == "drop":
+                self.close_connection = True
+                return
+            if what == "hang":
+                time.sleep(5)
+            if what == "500":
+                self.send_error(500, "index not loaded")
+                return
+            body = json.dumps({"result": bm25.search(request["queries"], request["topk"])}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/retrieve", calls
+
+
+def test_http_retriever_retries_and_times_out(bm25):
+    """A failed request (HTTP 500, a dropped connection) is retried; a server that hangs costs at
+    most ``timeout_s`` per try; when every try fails the error names the url and the try count."""
+    expected = bm25.search(["capital of Peru"], 3)
+    server, url, calls = _flaky_server(["500", "drop", "ok"], bm25)
+    try:
+        assert HTTPRetriever(url, timeout_s=5, retries=2).search(["capital of Peru"], 3) == expected
+        assert calls == ["500", "drop", "ok"]
+    finally:
+        server.shutdown()
+    server, url, calls = _flaky_server(["500", "ok"], bm25)
+    try:
+        with pytest.raises(RetrievalError, match=r"retriever http://127\.0\.0\.1:\d+/retrieve failed after 1 attempts"):
+            HTTPRetriever(url, timeout_s=5, retries=0).search(["x"], 3)
+    finally:
+        server.shutdown()
+    server, url, calls = _flaky_server(["hang"], bm25)
+    try:
+        start = time.perf_counter()
+        with pytest.raises(RetrievalError, match="failed after 2 attempts"):
+            HTTPRetriever(url, timeout_s=0.5, retries=1).search(["x"], 3)
+        assert time.perf_counter() - start < 4.0  # two 0.5 s tries and the back-off, not the 5 s hangs
+    finally:
+        server.shutdown()
+    with pytest.raises(ValueError, match="timeout_s must be > 0"):
+        HTTPRetriever(url, timeout_s=0)
+
+
+def test_loop_search_timeout_covers_every_try():
+    from verl_sdar.envs.search.loop_common import DEFAULTS, open_retriever
+
+    settings = {"retriever": {**DEFAULTS["retriever"], "url": "http://127.0.0.1:9/retrieve", "timeout_s": 2.0,
+                              "retries": 2}}
+    retriever, topk, timeout_s = open_retriever(settings)
+    assert (retriever.timeout_s, retriever.retries, topk) == (2.0, 2, 3)
+    assert timeout_s == pytest.approx(3 * 2.0 + 0.2 + 0.4 + 0.6)
+
+
+def test_retriever_health_check_names_the_key(bm25):
+    """The start-up probe (``verl_sdar.config.check_retriever``): a live server passes, a dead url
+    or one answering another protocol stops the run naming ``env.retriever.url``."""
+    from omegaconf import OmegaConf
+
+    from verl_sdar.config import SDARConfigError, check_retriever
+    from verl_sdar.envs.search.server import serve_in_thread
+
+    server, url = serve_in_thread(bm25)
+    try:
+        assert check_retriever(OmegaConf.create({"env": {"retriever": {"url": url, "timeout_s": 5}}})) == url
+    finally:
+        server.shutdown()
+    dead = OmegaConf.create({"env": {"retriever": {"url": url, "timeout_s": 1}}})
+    with pytest.raises(SDARConfigError, match=r"env\.retriever\.url='http://127.*' does not answer a search"):
+        check_retriever(dead)
+    dead.env.retriever.health_check = False
+    assert check_retriever(dead) is None
+    assert check_retriever(OmegaConf.create({"env": {"retriever": {"url": None, "corpus_path": "c.jsonl"}}})) is None
+    assert check_retriever(OmegaConf.create({})) is None
+    wrong = OmegaConf.create({"env": {"retriever": {"url": "localhost:8000"}}})
+    with pytest.raises(SDARConfigError, match="must start with http"):
+        check_retriever(wrong)
+
+
+def test_main_ppo_stops_when_the_retriever_does_not_answer(tmp_path):
+    """The real entry point with the Search recipe and a retriever url nothing listens on: the job
+    stops at start-up (Hydra callback), naming env.retriever.url; Ray never starts."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:  # a free port, closed again: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, HYDRA_FULL_ERROR="1", RAY_ADDRESS="", VERL_SDAR_WORK=str(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, "-m", "verl.trainer.main_ppo", f"--config-path={REPO / 'recipes' / 'search'}",
+         "--config-name=tiny_cpu_sdar", f"env.retriever.url=http://127.0.0.1:{port}/retrieve",
+         f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+    )
+    assert proc.returncode != 0
+    assert f"env.retriever.url='http://127.0.0.1:{port}/retrieve' does not answer a search" in proc.stderr, \
+        proc.stderr[-3000:]
+    assert "ray init kwargs" not in proc.stdout and "Started a local Ray instance" not in proc.stdout + proc.stderr
+
+
 # ----------------------------------------------------------------------------- exact match
 @pytest.mark.parametrize(
     "prediction, answers, em",
@@ -174,12 +297,13 @@ def test_parse_action():
 
 
 # ----------------------------------------------------------------------------- agent loop
-def make_search_loop(tokenizer, server, qa_dir, max_steps=4, response_length=512, **env):
+def make_search_loop(tokenizer, server, qa_dir, max_steps=4, response_length=512, prompt_length=4096, **env):
     from verl_sdar.envs.search.agent_loop import SearchAgentLoop
 
     env = {"max_steps": max_steps, "history_length": 4,
            "retriever": {"corpus_path": str(qa_dir / "corpus.jsonl"), "topk": 3}, **env}
-    return make_agent_loop(SearchAgentLoop, tokenizer, server, env, response_length=response_length)
+    return make_agent_loop(SearchAgentLoop, tokenizer, server, env, response_length=response_length,
+                           prompt_length=prompt_length)
 
 
 def kwargs_of(question: dict) -> dict:
@@ -546,6 +670,34 @@ def test_turn_prompt_never_exceeds_the_budget(tokenizer, qa_dir):
     assert len(server.prompts[0]) <= budget
     with pytest.raises(ValueError, match="prompt budget"):
         run_episode(lambda: make_turn_loop(tokenizer, FakeServer(tokenizer, []), qa_dir, prompt_length=bare // 2),
+                    **kwargs_of(q))
+
+
+def test_single_row_prompt_keeps_the_instructions_when_the_question_is_too_long(tokenizer, qa_dir):
+    """The single-row loop's one prompt fits ``prompt_length``: an over-long question is cut at its
+    end (the instructions stay in front), and a budget the instructions alone exceed is an error."""
+    import asyncio
+
+    from verl_sdar.envs.search.prompts import build_prompt
+
+    q = read_jsonl(qa_dir / "test.jsonl")[0]
+
+    async def length(text):
+        loop = make_search_loop(tokenizer, FakeServer(tokenizer, []), qa_dir)
+        return len(await loop._render_whole(text))
+
+    budget = asyncio.run(length(build_prompt(q["question"], 4))) + 30
+    long_q = dict(q, question=q["question"] + " and" * 400)
+    server = FakeServer(tokenizer, [f"<answer>{q['golden_answers'][0]}</answer>"])
+    out = run_episode(lambda: make_search_loop(tokenizer, server, qa_dir, prompt_length=budget), **kwargs_of(long_q))
+    assert out.extra_fields["won"]
+    assert len(server.prompts[0]) <= budget and len(out.prompt_ids) <= budget
+    text = tokenizer.decode(server.prompts[0])
+    assert build_prompt("", 4).split("{")[0][:40] in text  # the instructions' opening is kept
+    assert q["question"] in text and "[...]" in text
+    bare = asyncio.run(length(build_prompt("", 4)))
+    with pytest.raises(ValueError, match="prompt budget"):
+        run_episode(lambda: make_search_loop(tokenizer, FakeServer(tokenizer, []), qa_dir, prompt_length=bare // 2),
                     **kwargs_of(q))
 
 

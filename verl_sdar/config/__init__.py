@@ -488,9 +488,32 @@ def check_teacher_tokenizer(config: DictConfig, sdar: SDARConfig | None) -> None
         )
 
 
+def check_retriever(config: DictConfig) -> str | None:
+    """When ``env.retriever.url`` is set (a Search-R1 server), send it one probe search (timeout
+    ``env.retriever.timeout_s``, at most 10 s) so that a server that is down or answers in another
+    shape stops the run at start-up rather than failing every episode's searches. Raises
+    ``SDARConfigError`` naming ``env.retriever.url``; returns the url checked (``None`` when there
+    is none, or ``env.retriever.health_check=false``, e.g. a host only the cluster's workers reach)."""
+    url = OmegaConf.select(config, "env.retriever.url", default=None)
+    if not url or not OmegaConf.select(config, "env.retriever.health_check", default=True):
+        return None
+    from ..envs.search.retrieval import RetrievalError, health_check
+
+    timeout_s = min(float(OmegaConf.select(config, "env.retriever.timeout_s", default=None) or 10.0), 10.0)
+    try:
+        health_check(str(url), timeout_s=timeout_s)
+    except (RetrievalError, ValueError) as exc:
+        raise SDARConfigError(
+            f"env.retriever.url={url!r} does not answer a search ({exc}); start the retrieval server, fix the "
+            "url, or set env.retriever.health_check=false if only the cluster's workers can reach it"
+        ) from exc
+    return str(url)
+
+
 class ValidateOnJobStart(Callback):
-    """Hydra callback (``hydra.callbacks``): validate ``sdar.*`` and the dataset rows
-    (:func:`check_datasets`) before the job starts Ray.
+    """Hydra callback (``hydra.callbacks``): validate ``sdar.*``, the dataset rows
+    (:func:`check_datasets`) and the Search retriever (:func:`check_retriever`) before the job
+    starts Ray.
 
     Hydra 1.3 turns an exception raised in a callback into a warning and runs the job anyway, so a
     bad value is reported as ``SystemExit`` (which Hydra lets through): the job stops, exit status 1,
@@ -506,6 +529,8 @@ class ValidateOnJobStart(Callback):
             raise SystemExit(f"verl-sdar: invalid configuration: {exc}") from exc
         try:
             check_teacher_tokenizer(config, sdar)
+            if check_retriever(config):
+                print(f"[verl-sdar] retriever answered: {config.env.retriever.url}", flush=True)
         except SDARConfigError as exc:
             raise SystemExit(f"verl-sdar: invalid configuration: {exc}") from exc
         try:

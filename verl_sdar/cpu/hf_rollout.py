@@ -75,13 +75,17 @@ class _Request:
     seed: int = 0
 
 
-def request_seed(base_seed: int, global_steps: int | None, prompt_ids: list[int], occurrence: int) -> int:
+def request_seed(base_seed: int, global_steps: int | None, prompt_ids: list[int], occurrence: int | str) -> int:
     """A request's sampling seed: a hash of the rollout seed, the weights version, the prompt ids,
-    and how many requests for the same prompt came before it at this weights version.
+    and ``occurrence``: how many requests for the same prompt came before it at this weights
+    version, or, under verl's ``actor_rollout_ref.rollout.full_determinism`` (request ids
+    ``det-<priority>[-<turn>]``, priority = the sample's row in the batch), the request id.
 
-    The k-th sample of a prompt is then the same in every run, whatever the arrival order or the
-    batch it is decoded in (a GRPO group's n identical prompts get k = 0..n-1), and a resumed run
-    draws what the uninterrupted one drew at the same step.
+    The k-th sample of a prompt is then the same in every run, whatever the batch it is decoded in
+    (a GRPO group's n identical prompts get k = 0..n-1), and a resumed run draws what the
+    uninterrupted one drew at the same step. With counts, *which* row of a group gets the k-th
+    sample follows the arrival order of the concurrent agent loops (not reproducible); with
+    ``full_determinism`` the row's own id picks its sample, so the whole batch is reproducible.
     """
     digest = hashlib.blake2b(digest_size=8)
     digest.update(f"{base_seed}|{global_steps}|{occurrence}|".encode())
@@ -155,7 +159,8 @@ class HFRolloutServer:
         mm_processor_kwargs: dict[str, Any] | None = None,
         priority: int = 0,
     ) -> TokenOutput:
-        """Generate a response for ``prompt_ids`` (``request_id`` and ``priority`` are accepted, unused)."""
+        """Generate a response for ``prompt_ids``. ``request_id`` only chooses the sampling seed
+        under ``full_determinism`` (:func:`request_seed`); ``priority`` is accepted, unused."""
         if image_data is not None or video_data is not None or audio_data is not None:
             raise NotImplementedError("the hf rollout backend is text-only")
         prompt_ids = normalize_token_ids(prompt_ids)
@@ -177,9 +182,12 @@ class HFRolloutServer:
         future: asyncio.Future[GenerationResult] = asyncio.get_running_loop().create_future()
         self._outstanding.add(future)
         future.add_done_callback(self._outstanding.discard)
-        key = tuple(prompt_ids)
-        occurrence = self._occurrences.get(key, 0)
-        self._occurrences[key] = occurrence + 1
+        if request_id.startswith("det-"):  # verl's full_determinism: the sample's own id picks its draw
+            occurrence: int | str = request_id
+        else:
+            key = tuple(prompt_ids)
+            occurrence = self._occurrences.get(key, 0)
+            self._occurrences[key] = occurrence + 1
         seed = request_seed(self.config.seed + self.replica_rank, self.global_steps, prompt_ids, occurrence)
         self._queue.append(_Request(prompt_ids, spec, future, seed))
         if self._worker is None or self._worker.done():

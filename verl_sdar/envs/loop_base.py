@@ -1,5 +1,6 @@
-"""The part every verl-sdar agent loop shares: settings, invalid-action penalty, response budget, and
-the filler token of a response where nothing was generated.
+"""The part every verl-sdar agent loop shares: settings, invalid-action penalty, response and prompt
+budgets, the uncut rendering of a prompt and the search for the longest text that fits, and the
+filler token of a response where nothing was generated.
 
 Subclasses set ``DEFAULTS`` (which must hold ``max_steps``, ``history_length``,
 ``invalid_action_penalty_coef`` and ``use_invalid_action_penalty``); keys of ``DEFAULTS`` given in
@@ -21,7 +22,8 @@ class EnvAgentLoop(AgentLoopBase):
 
     Attributes set by the constructor: ``settings`` (all of ``DEFAULTS``, layered), ``max_steps``,
     ``history_length``, ``penalty`` (``env.invalid_action_penalty_coef``, or 0 when
-    ``env.use_invalid_action_penalty`` is false) and ``response_length`` (the rollout's).
+    ``env.use_invalid_action_penalty`` is false), ``response_length`` and ``prompt_length`` (the
+    rollout's).
     """
 
     DEFAULTS: dict[str, Any] = {}
@@ -37,6 +39,28 @@ class EnvAgentLoop(AgentLoopBase):
             float(self.settings["invalid_action_penalty_coef"]) if self.settings["use_invalid_action_penalty"] else 0.0
         )
         self.response_length = self.rollout_config.response_length
+        self.prompt_length = self.rollout_config.prompt_length
+
+    # ------------------------------------------------------------------ prompt budget
+    async def _render_whole(self, text: str) -> list[int]:
+        """The chat-template token ids of one user message, uncut (verl's ``ct_build_initial_tokens``
+        silently keeps only the last ``prompt_length`` ids, which drops the instructions first)."""
+        messages = [{"role": "user", "content": text}]
+        return await self.loop.run_in_executor(
+            None, lambda: list(self.continuous_token_builder.build_initial_tokens(messages))
+        )
+
+    async def _longest_fit(self, length: int, render) -> list[int] | None:
+        """``await render(n)`` for the largest ``n`` in ``[0, length]`` whose ids fit the budget (None if none)."""
+        lo, hi, best = 0, length, None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            ids = await render(mid)
+            if len(ids) <= self.prompt_length:
+                best, lo = ids, mid + 1
+            else:
+                hi = mid - 1
+        return best
 
     def filler_token_id(self) -> int:
         """The token of a one-token, fully masked response (no generation happened): the

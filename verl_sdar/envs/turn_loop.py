@@ -133,7 +133,6 @@ class TurnRowAgentLoop(EnvAgentLoop):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.prompt_length = self.rollout_config.prompt_length
         self.student_privileged = student_privileged(self.config)  # Skill-GRPO; None when off
 
     # ------------------------------------------------------------------ hooks
@@ -174,26 +173,6 @@ class TurnRowAgentLoop(EnvAgentLoop):
     # ------------------------------------------------------------------ prompt budget
     async def _render(self, text: str) -> list[int]:
         return await self.ct_build_initial_tokens([{"role": "user", "content": text}])
-
-    async def _render_whole(self, text: str) -> list[int]:
-        """The chat-template token ids of one user message, uncut (``ct_build_initial_tokens``, which
-        :meth:`_render` uses, silently keeps only the last ``prompt_length`` ids)."""
-        messages = [{"role": "user", "content": text}]
-        return await self.loop.run_in_executor(
-            None, lambda: list(self.continuous_token_builder.build_initial_tokens(messages))
-        )
-
-    async def _longest_fit(self, length: int, render) -> list[int] | None:
-        """``await render(n)`` for the largest ``n`` in ``[0, length]`` whose ids fit the budget (None if none)."""
-        lo, hi, best = 0, length, None
-        while lo <= hi:
-            mid = (lo + hi) // 2
-            ids = await render(mid)
-            if len(ids) <= self.prompt_length:
-                best, lo = ids, mid + 1
-            else:
-                hi = mid - 1
-        return best
 
     async def fit_turn_prompt(self, prefix: str, task: str, observation: str, admissible: list[str],
                               history: list[tuple[str, str]]) -> list[int]:

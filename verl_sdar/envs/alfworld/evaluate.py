@@ -38,58 +38,85 @@ class GameResult:
 def evaluate(model_dir: str, games: list[str], max_steps: int = 20, history_length: int = 2,
              privileged: Callable[[str], str] | None = None, temperature: float = 0.0, seed: int = 0,
              max_new_tokens: int = 48, header: str = DEFAULT_HEADER) -> list[GameResult]:
+    """Play every game of ``games`` once (lockstep), decoding at ``temperature`` (0: greedy) with
+    the global torch seed ``seed``."""
+    return evaluate_plays(model_dir, games, [(temperature, seed)], max_steps, history_length, privileged,
+                          max_new_tokens, header)[0]
+
+
+def evaluate_plays(model_dir: str, games: list[str], plays: list[tuple[float, int]], max_steps: int = 20,
+                   history_length: int = 2, privileged: Callable[[str], str] | None = None,
+                   max_new_tokens: int = 48, header: str = DEFAULT_HEADER) -> list[list[GameResult]]:
+    """Play every game once per ``(temperature, seed)`` of ``plays``; one result list per play.
+
+    The model is loaded once, and each game's env once: later plays reset the already parsed
+    game (loading a game costs about as much as a dozen steps), so k plays cost less than k calls
+    of :func:`evaluate`. Each play is seeded on its own (``torch.manual_seed(seed)`` before it),
+    so its results do not depend on the plays before it.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from verl_sdar.cpu.hf_generation import HFGenerator, SamplingSpec
-    from verl_sdar.envs.alfworld.play import AlfworldEnv, strip_welcome, task_type_of
+    from verl_sdar.cpu.hf_generation import HFGenerator
+    from verl_sdar.envs.alfworld.play import AlfworldEnv
 
-    torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     generator = HFGenerator(model, [tokenizer.eos_token_id], tokenizer.pad_token_id)
     blocks = teacher_blocks(tokenizer) if privileged else None
-    spec = SamplingSpec(temperature=temperature, top_p=1.0, top_k=-1, repetition_penalty=1.0,
-                        max_tokens=max_new_tokens, logprobs=False, prompt_logprobs=None, ignore_eos=False,
-                        stop_token_ids=())
-    envs, state = [], []
-    for game in games:
-        env = AlfworldEnv(max_steps=max_steps)
-        obs, info = env.reset(game)
-        task_type = task_type_of(game)
-        system = privileged_message(privileged(game), header) if privileged else None
-        envs.append(env)
-        state.append({"obs": strip_welcome(obs), "task": info.get("task", ""),
-                      "admissible": info["admissible_commands"], "history": [], "done": False,
-                      "result": GameResult(game, task_type, False, 0, 0), "system": system})
+    envs = [AlfworldEnv(max_steps=max_steps) for _ in games]
     try:
-        for _ in range(max_steps):
-            active = [i for i, s in enumerate(state) if not s["done"]]
-            if not active:
-                break
-            prompts = []
-            for i in active:
-                s = state[i]
-                messages = [{"role": "user", "content": build_prompt(s["task"], s["obs"], s["admissible"], s["history"],
-                                                                      history_length)}]
-                if s["system"]:
-                    messages.insert(0, s["system"])
-                prompts.append(chat_ids(tokenizer, messages, blocks if s["system"] else None,
-                                        add_generation_prompt=True))
-            outputs = generator.generate([list(p) for p in prompts], [spec] * len(prompts))
-            for i, out in zip(active, outputs, strict=True):
-                s, r = state[i], state[i]["result"]
-                projection = project_action(tokenizer.decode(out.token_ids, skip_special_tokens=True))
-                obs, _, done, info = envs[i].step(projection.action)
-                r.steps += 1
-                r.invalid += int(not projection.valid)
-                r.actions.append(projection.action)
-                r.won = bool(info.get(WON, False))
-                s["history"].append((s["obs"], projection.action))
-                s["obs"], s["admissible"], s["done"] = obs, info["admissible_commands"], done or r.won
+        return [_play(generator, tokenizer, envs, games, temperature, seed, max_steps, history_length, privileged,
+                      blocks, max_new_tokens, header) for temperature, seed in plays]
     finally:
         for env in envs:
             env.close()
+
+
+def _play(generator, tokenizer, envs: list, games: list[str], temperature: float, seed: int, max_steps: int,
+          history_length: int, privileged: Callable[[str], str] | None, blocks, max_new_tokens: int,
+          header: str) -> list[GameResult]:
+    """One lockstep play of ``games`` on ``envs`` (one env per game, reset here)."""
+    import torch
+
+    from verl_sdar.cpu.hf_generation import SamplingSpec
+    from verl_sdar.envs.alfworld.play import strip_welcome, task_type_of
+
+    torch.manual_seed(seed)
+    spec = SamplingSpec(temperature=temperature, top_p=1.0, top_k=-1, repetition_penalty=1.0,
+                        max_tokens=max_new_tokens, logprobs=False, prompt_logprobs=None, ignore_eos=False,
+                        stop_token_ids=())
+    state = []
+    for env, game in zip(envs, games, strict=True):
+        obs, info = env.reset(game)
+        system = privileged_message(privileged(game), header) if privileged else None
+        state.append({"obs": strip_welcome(obs), "task": info.get("task", ""),
+                      "admissible": info["admissible_commands"], "history": [], "done": False,
+                      "result": GameResult(game, task_type_of(game), False, 0, 0), "system": system})
+    for _ in range(max_steps):
+        active = [i for i, s in enumerate(state) if not s["done"]]
+        if not active:
+            break
+        prompts = []
+        for i in active:
+            s = state[i]
+            messages = [{"role": "user", "content": build_prompt(s["task"], s["obs"], s["admissible"], s["history"],
+                                                                  history_length)}]
+            if s["system"]:
+                messages.insert(0, s["system"])
+            prompts.append(chat_ids(tokenizer, messages, blocks if s["system"] else None,
+                                    add_generation_prompt=True))
+        outputs = generator.generate([list(p) for p in prompts], [spec] * len(prompts))
+        for i, out in zip(active, outputs, strict=True):
+            s, r = state[i], state[i]["result"]
+            projection = project_action(tokenizer.decode(out.token_ids, skip_special_tokens=True))
+            obs, _, done, info = envs[i].step(projection.action)
+            r.steps += 1
+            r.invalid += int(not projection.valid)
+            r.actions.append(projection.action)
+            r.won = bool(info.get(WON, False))
+            s["history"].append((s["obs"], projection.action))
+            s["obs"], s["admissible"], s["done"] = obs, info["admissible_commands"], done or r.won
     return [s["result"] for s in state]
 
 

@@ -24,8 +24,9 @@ The whole episode stays in the one sequence, so every earlier turn is in context
 Configuration (top-level ``env`` block, or keys of the agent-loop config entry): ``turn_rows``
 (false: this mode), ``max_steps`` (4), ``history_length`` (4),
 ``invalid_action_penalty_coef`` (0.01), ``use_invalid_action_penalty`` (true), ``retriever``:
-``{url: null, corpus_path: null, topk: 3, timeout_s: 30}``: a Search-R1 server URL, else BM25
-over ``corpus_path`` in process.
+``{url: null, corpus_path: null, topk: 3, timeout_s: 30, retries: 2, health_check: true}``: a
+Search-R1 server URL (probed when the run starts, each request retried ``retries`` times), else
+BM25 over ``corpus_path`` in process.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from verl_sdar.envs.contract import (
     WON,
 )
 from verl_sdar.envs.loop_base import EnvAgentLoop
+from verl_sdar.envs.turn_prompts import clip_text
 from verl_sdar.envs.search.loop_common import (  # noqa: F401 - DEFAULTS, get_retriever: this module's API too
     DEFAULTS,
     cut_after,
@@ -100,6 +102,23 @@ class SearchAgentLoop(EnvAgentLoop):
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
+    async def fit_prompt(self, question: str, prefix: str = "") -> list[int]:
+        """The episode's prompt ids (``prefix`` + :func:`build_prompt`), at most ``prompt_length``:
+        an over-long question is shortened (its end cut); the prefix and the instructions never are
+        (``ValueError`` if they alone exceed the budget)."""
+        ids = await self._render_whole(prefix + build_prompt(question, self.max_steps))
+        if len(ids) <= self.prompt_length:
+            return ids
+        fitted = await self._longest_fit(
+            len(question), lambda n: self._render_whole(prefix + build_prompt(clip_text(question, n), self.max_steps))
+        )
+        if fitted is None:
+            raise ValueError(
+                f"search prompt: the instructions{' and the prefix' if prefix else ''} alone take more than the "
+                f"prompt budget of {self.prompt_length} tokens (data.max_prompt_length)"
+            )
+        return fitted
+
     async def run(self, sampling_params: dict[str, Any], priority: int = 0, **kwargs) -> AgentLoopOutput:
         priority = int(priority)
         extra_info = plain(kwargs.get("extra_info")) or {}
@@ -110,9 +129,7 @@ class SearchAgentLoop(EnvAgentLoop):
         answers = golden_answers(reward_model.get("ground_truth"))
         # Skill-GRPO: the row's skills in front of the student's own prompt ("" when off)
         prefix = self.student_privileged.prefix(extra_info, prompt=question) if self.student_privileged else ""
-        prompt_ids = await self.ct_build_initial_tokens(
-            [{"role": "user", "content": prefix + build_prompt(question, self.max_steps)}]
-        )
+        prompt_ids = await self.fit_prompt(question, prefix)
         response_ids: list[int] = []
         mask: list[int] = []
         logprobs: list[float] = []

@@ -23,14 +23,16 @@ DEFAULTS: dict[str, Any] = {
     "history_length": 4,
     "invalid_action_penalty_coef": 0.01,
     "use_invalid_action_penalty": True,
-    "retriever": {"url": None, "corpus_path": None, "topk": 3, "timeout_s": 30.0},
+    # timeout_s: per HTTP request (or BM25 search); retries: of a failed HTTP request;
+    # health_check: probe url when the run starts (verl_sdar.config.check_retriever)
+    "retriever": {"url": None, "corpus_path": None, "topk": 3, "timeout_s": 30.0, "retries": 2, "health_check": True},
 }
 
 
 @locked_cache
-def get_retriever(url: str | None, corpus_path: str | None) -> Retriever:
-    """One retriever per (url, corpus) per process (the BM25 index is built once)."""
-    return make_retriever(url=url, corpus_path=corpus_path)
+def get_retriever(url: str | None, corpus_path: str | None, timeout_s: float = 30.0, retries: int = 2) -> Retriever:
+    """One retriever per (url, corpus, timeout, retries) per process (the BM25 index is built once)."""
+    return make_retriever(url=url, corpus_path=corpus_path, timeout_s=timeout_s, retries=retries)
 
 
 class Retrieved(NamedTuple):
@@ -66,10 +68,16 @@ async def retrieve(retriever: Retriever, query: str, topk: int, timeout_s: float
 
 
 def open_retriever(settings: dict[str, Any]) -> tuple[Retriever, int, float]:
-    """``(retriever, topk, timeout_s)`` from the loop's ``env.retriever`` settings (retriever cached per process)."""
+    """``(retriever, topk, search timeout)`` from the loop's ``env.retriever`` settings (retriever
+    cached per process). ``timeout_s`` limits one HTTP request (or one in-process BM25 search); a
+    search call against a server waits for all ``retries + 1`` requests."""
     retriever = settings["retriever"]
-    opened = get_retriever(retriever.get("url"), retriever.get("corpus_path"))
-    return opened, int(retriever["topk"]), float(retriever["timeout_s"])
+    timeout_s = float(retriever["timeout_s"])
+    opened = get_retriever(retriever.get("url"), retriever.get("corpus_path"), timeout_s, int(retriever["retries"]))
+    if retriever.get("url"):  # the search call waits for every try of the HTTP client and its back-off
+        attempts = int(retriever["retries"]) + 1
+        timeout_s = attempts * timeout_s + 0.2 * attempts * (attempts + 1) / 2
+    return opened, int(retriever["topk"]), timeout_s
 
 
 def turn_rows_selected(kwargs: dict[str, Any]) -> bool:

@@ -84,11 +84,19 @@ class BM25Retriever:
 
 
 class HTTPRetriever:
-    """Client of a Search-R1 retrieval server (``POST url`` with a batch of queries)."""
+    """Client of a Search-R1 retrieval server (``POST url`` with a batch of queries).
+
+    Each request waits at most ``timeout_s``; a request that fails (connection refused or reset,
+    an HTTP error status, a timeout, a body that is not JSON) is retried ``retries`` times, after
+    0.2 s, 0.4 s, ... A search that still fails raises :class:`RetrievalError`, which the agent
+    loops turn into a ``Search failed`` observation for that one episode.
+    """
 
     def __init__(self, url: str, timeout_s: float = 30.0, retries: int = 2):
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"retriever url must start with http:// or https://, got {url!r}")
+        if timeout_s <= 0 or retries < 0:
+            raise ValueError(f"retriever {url}: timeout_s must be > 0 and retries >= 0, got {timeout_s}, {retries}")
         self.url = url
         self.timeout_s = timeout_s
         self.retries = retries
@@ -141,10 +149,19 @@ def format_hits(hits: Sequence[Hit]) -> str:
     return "\n".join(lines)
 
 
-def make_retriever(url: str | None = None, corpus_path: str | None = None) -> Retriever:
-    """HTTP when ``url`` is set, else BM25 over ``corpus_path`` (a ``corpus.jsonl``)."""
+def health_check(url: str, timeout_s: float = 10.0) -> None:
+    """One probe search (``"health check"``, top 1) against a Search-R1 server, no retry; raises
+    :class:`RetrievalError` (or ``ValueError`` for a malformed url) when it does not answer in the
+    protocol's shape within ``timeout_s``."""
+    HTTPRetriever(url, timeout_s=timeout_s, retries=0).search(["health check"], 1)
+
+
+def make_retriever(url: str | None = None, corpus_path: str | None = None, timeout_s: float = 30.0,
+                   retries: int = 2) -> Retriever:
+    """HTTP when ``url`` is set (``timeout_s`` per request, ``retries`` retries), else BM25 over
+    ``corpus_path`` (a ``corpus.jsonl``)."""
     if url:
-        return HTTPRetriever(url)
+        return HTTPRetriever(url, timeout_s=timeout_s, retries=retries)
     if not corpus_path:
         raise ValueError("search env: set env.retriever.url (a Search-R1 server) or env.retriever.corpus_path")
     return BM25Retriever.from_jsonl(corpus_path)
