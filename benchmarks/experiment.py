@@ -21,6 +21,7 @@ folders; a later invocation with other settings is refused.
 
     python benchmarks/experiment.py run --arms grpo,sdar --seeds 0,1,2,3,4,5 [--commit]
     python benchmarks/experiment.py cost            # per-step and evaluation cost (pilot, not committed)
+    python benchmarks/experiment.py report [--doc docs/results.md]   # the page, from the raw files
     python benchmarks/experiment.py run --arms grpo --seeds 100,101 --lr 3e-5 --splits valid_seen \
         --raw-dir docs/results/pilot/lr3e-05       # the learning-rate pilot (GRPO, valid_seen only)
 """
@@ -57,7 +58,8 @@ SETTING_KEYS = ("warmstart", "steps", "games_per_step", "group", "train_max_step
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("command", choices=("run", "cost"))
+    p.add_argument("command", choices=("run", "cost", "report"))
+    p.add_argument("--doc", default="docs/results.md", help="report: the page to write")
     p.add_argument("--arms", default="grpo,sdar")
     p.add_argument("--seeds", default="0,1,2,3,4,5")
     p.add_argument("--warmstart", default=".work/warmstart96")
@@ -258,6 +260,11 @@ def commit(paths: list[Path], message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     raw = Path(a.raw_dir)
+    if a.command == "report":  # the page from the raw files (verl_sdar.reports.experiment)
+        from verl_sdar.reports.experiment import report
+
+        print(report(raw, Path(a.doc)))
+        return 0
     work = Path(a.work).resolve()
     data = work / "data"
     if not (data / "train_noisy.parquet").exists():

@@ -1,0 +1,243 @@
+"""The results page of the pre-registered experiment (docs/experiment_plan.md), from its raw files.
+
+Raw layout (written by ``benchmarks/experiment.py``), one folder per run under the raw folder:
+``<arm>_seed<k>/{train.jsonl, eval.jsonl, run.json}`` and ``initial/`` (the warm start's
+evaluation). A run counts once its ``run.json`` exists. Everything here is computed from those
+files; pure Python (matplotlib only for the plots), no verl.
+
+The page puts the primary test first (SDAR minus GRPO, pooled sampled success on valid_unseen,
+exact sign-flip test over seeds, with the 95% interval), whatever it says; then the secondary
+comparisons, per-task-type success, training curves with bands, gate/gap/KL statistics and wall
+times; then the hand-written discussion (``discussion.md`` next to the raw folder), if any.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from verl_sdar.reports.stats import sign_flip_test, t_interval
+
+INITIAL = "initial"
+PRIMARY = ("sdar", "grpo")
+SPLITS = ("valid_unseen", "valid_seen")
+DECODINGS = ("sampled", "greedy")
+TRAIN_PANELS = (("episode/success_rate", "training episode success"), ("actor/kl_loss", "KL to reference"),
+                ("sdar/gate_mean", "gate mean"), ("sdar/gap_mean", "teacher - student gap"),
+                ("actor/entropy", "entropy"), ("sdar/gate_active_ratio", "gate active ratio"))
+KL_FACTOR = 3.0
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The JSON lines of ``path`` (``[]`` when it does not exist)."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def load_runs(raw: Path) -> dict[str, dict]:
+    """``{run name: {"info", "train", "eval"}}`` for every finished run (``run.json`` present)."""
+    runs = {}
+    for folder in sorted(p for p in raw.iterdir() if p.is_dir()):
+        info_file = folder / "run.json"
+        if not info_file.exists():
+            continue
+        runs[folder.name] = {"info": json.loads(info_file.read_text()), "train": read_jsonl(folder / "train.jsonl"),
+                             "eval": read_jsonl(folder / "eval.jsonl")}
+    return runs
+
+
+def arm_and_seed(name: str) -> tuple[str, int] | None:
+    if "_seed" not in name:
+        return None
+    arm, seed = name.rsplit("_seed", 1)
+    return arm, int(seed)
+
+
+def by_arm(runs: dict[str, dict]) -> dict[str, dict[int, dict]]:
+    out: dict[str, dict[int, dict]] = {}
+    for name, run in runs.items():
+        parsed = arm_and_seed(name)
+        if parsed:
+            out.setdefault(parsed[0], {})[parsed[1]] = run
+    return out
+
+
+def success(episodes: list[dict], split: str, decoding: str, task_type: str | None = None) -> float | None:
+    """Share of the episodes of one split and decoding (and task type) that were won."""
+    won = [e["won"] for e in episodes if e["split"] == split and e["decoding"] == decoding
+           and (task_type is None or e["task_type"] == task_type)]
+    return sum(won) / len(won) if won else None
+
+
+def paired(arms: dict[str, dict[int, dict]], a: str, b: str, split: str, decoding: str) -> dict:
+    """``D_s = success(a, s) - success(b, s)`` over the seeds both arms finished, with the exact
+    sign-flip p value and the 95% t interval of the mean (the plan's primary test for
+    ``a, b = sdar, grpo`` on valid_unseen, sampled)."""
+    seeds = sorted(set(arms.get(a, {})) & set(arms.get(b, {})))
+    rows = []
+    for s in seeds:
+        pa, pb = success(arms[a][s]["eval"], split, decoding), success(arms[b][s]["eval"], split, decoding)
+        if pa is not None and pb is not None:
+            rows.append({"seed": s, a: pa, b: pb, "diff": pa - pb})
+    diffs = [r["diff"] for r in rows]
+    out = {"a": a, "b": b, "split": split, "decoding": decoding, "seeds": [r["seed"] for r in rows], "rows": rows,
+           "mean_a": statistics.fmean([r[a] for r in rows]) if rows else None,
+           "mean_b": statistics.fmean([r[b] for r in rows]) if rows else None}
+    if diffs:
+        out["mean_diff"] = statistics.fmean(diffs)
+        out["p"] = sign_flip_test(diffs)
+        out["ci"] = t_interval(diffs)[1:] if len(diffs) > 1 else (None, None)
+        out["positive"] = sum(d > 0 for d in diffs)
+    return out
+
+
+def describe(test: dict) -> str:
+    """One line: the mean difference, its interval, the p value and the sign count."""
+    if "mean_diff" not in test:
+        return f"{test['a']} - {test['b']} ({test['split']}, {test['decoding']}): no paired seeds yet"
+    low, high = test["ci"]
+    interval = f"95% CI [{low:+.3f}, {high:+.3f}]" if low is not None else "no interval (one seed)"
+    n = len(test["seeds"])
+    return (f"{test['a']} - {test['b']} ({test['split']}, {test['decoding']}): mean difference "
+            f"{test['mean_diff']:+.3f} ({test['mean_a']:.3f} vs {test['mean_b']:.3f}), {interval}, exact sign-flip "
+            f"p = {test['p']:.3f} over {n} seeds ({test['positive']} of {n} positive)")
+
+
+def task_types(episodes: list[dict]) -> list[str]:
+    return sorted({e["task_type"] for e in episodes})
+
+
+def series(train: list[dict], key: str) -> dict[int, float]:
+    return {r["step"]: float(r[key]) for r in train if key in r}
+
+
+def kl_spikes(kl: dict[int, float], factor: float = KL_FACTOR, floor: float = 1e-3) -> int:
+    """Steps whose KL exceeds ``factor`` x the run's median KL and ``floor``."""
+    if not kl:
+        return 0
+    median = statistics.median(kl.values())
+    return sum(1 for v in kl.values() if v > max(factor * median, floor))
+
+
+def mean_sd(values: list[float]) -> str:
+    if not values:
+        return "-"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.3f} ± {sd:.3f}"
+
+
+def plot(arms: dict[str, dict[int, dict]], out_dir: Path) -> str:
+    """``experiment_training.png``: the training panels, seed mean with a min..max band per arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+    for ax, (key, title) in zip(axes.flat, TRAIN_PANELS, strict=True):
+        for arm in sorted(arms):
+            curves = [series(r["train"], key) for r in arms[arm].values()]
+            curves = [c for c in curves if c]
+            if not curves:
+                continue
+            steps = sorted(set.intersection(*(set(c) for c in curves)))
+            mean = [statistics.fmean(c[s] for c in curves) for s in steps]
+            ax.plot(steps, mean, label=f"{arm} ({len(curves)} seeds)")
+            ax.fill_between(steps, [min(c[s] for c in curves) for s in steps],
+                            [max(c[s] for c in curves) for s in steps], alpha=0.2)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_dir / "experiment_training.png", dpi=110)
+    plt.close(fig)
+    return "experiment_training.png"
+
+
+def report(raw: Path, doc: Path, pictures: bool = True) -> str:
+    """Write ``doc`` from the raw folder; returns the page."""
+    runs = load_runs(raw)
+    arms = by_arm(runs)
+    settings = json.loads((raw / "settings.json").read_text()) if (raw / "settings.json").exists() else {}
+    primary = paired(arms, *PRIMARY, "valid_unseen", "sampled")
+    lines = ["# Does SDAR help? The pre-registered comparison on offline ALFWorld (tiny model, CPU)", "",
+             f"Generated by `python benchmarks/experiment.py report` from `{raw}` (one folder per run; the "
+             "plan: [`experiment_plan.md`](experiment_plan.md)). The teacher's privileged text is each game's "
+             "route from the expert walkthrough: an oracle hint, not the paper's retrieved skills.", "",
+             "## Primary test (pre-registered)", "",
+             "SDAR minus GRPO, pooled success of the 4 sampled plays (T = 0.4) of the 96 valid_unseen games, "
+             "per seed; exact two-sided sign-flip test over seeds; 95% Student-t interval of the mean.", "",
+             f"**{describe(primary)}.**", ""]
+    done = {arm: sorted(seeds) for arm, seeds in arms.items()}
+    planned = 6
+    if len(primary.get("seeds", [])) < planned:
+        lines += [f"*Incomplete: {len(primary.get('seeds', []))} of the plan's {planned} seeds have both arms "
+                  f"(finished runs: {done}). The plan's analysis waits for all of them.*", ""]
+    if primary.get("rows"):
+        lines += ["| seed | SDAR | GRPO | difference |", "|---|---|---|---|"]
+        lines += [f"| {r['seed']} | {r['sdar']:.3f} | {r['grpo']:.3f} | {r['diff']:+.3f} |" for r in primary["rows"]]
+        lines.append("")
+    lines += ["## Secondary comparisons (exploratory)", ""]
+    for a, b in (("sdar", "grpo"), ("grpo_opsd", "grpo"), ("sdar", "grpo_opsd")):
+        for split in SPLITS:
+            for decoding in DECODINGS:
+                if (a, b, split, decoding) == (*PRIMARY, "valid_unseen", "sampled"):
+                    continue
+                if a in arms and b in arms:
+                    lines.append(f"- {describe(paired(arms, a, b, split, decoding))}")
+    lines += ["", "## Final success per arm", "",
+              "| arm | seeds | split | sampled (mean ± sd over seeds) | greedy | final - warm start (sampled) |",
+              "|---|---|---|---|---|---|"]
+    initial = runs.get(INITIAL, {}).get("eval", [])
+    for arm in sorted(arms):
+        for split in SPLITS:
+            sampled = [v for r in arms[arm].values() if (v := success(r["eval"], split, "sampled")) is not None]
+            greedy = [v for r in arms[arm].values() if (v := success(r["eval"], split, "greedy")) is not None]
+            start = success(initial, split, "sampled")
+            moved = f"{statistics.fmean(sampled) - start:+.3f}" if sampled and start is not None else "-"
+            lines.append(f"| {arm} | {len(sampled)} | {split} | {mean_sd(sampled)} | {mean_sd(greedy)} | {moved} |")
+    if initial:
+        lines.append(f"| warm start | - | valid_unseen | {success(initial, 'valid_unseen', 'sampled'):.3f} | "
+                     f"{success(initial, 'valid_unseen', 'greedy'):.3f} | - |")
+    lines += ["", "## Per task type (valid_unseen, sampled; mean over seeds)", ""]
+    types = task_types([e for arm in arms.values() for r in arm.values() for e in r["eval"]])
+    if types:
+        lines += ["| arm | " + " | ".join(types) + " |", "|---" * (len(types) + 1) + "|"]
+        for arm in sorted(arms):
+            cells = []
+            for t in types:
+                values = [v for r in arms[arm].values() if (v := success(r["eval"], "valid_unseen", "sampled", t))
+                          is not None]
+                cells.append(f"{statistics.fmean(values):.3f}" if values else "-")
+            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    lines += ["", "## Training: stability, gate and gap, cost", "",
+              "| arm | KL spikes (> 3x run median) | final KL | gate mean | gap mean | training wall (min) | "
+              "evaluation wall (min) | teacher pass (s/step) |", "|---|---|---|---|---|---|---|---|"]
+    for arm in sorted(arms):
+        rs = list(arms[arm].values())
+
+        def pooled(key: str, runs=rs) -> list[float]:
+            return [v for r in runs for v in series(r["train"], key).values()]
+
+        gate, gap, teacher = pooled("sdar/gate_mean"), pooled("sdar/gap_mean"), pooled("timing_s/teacher")
+        finals = [r["train"][-1]["actor/kl_loss"] for r in rs if r["train"] and "actor/kl_loss" in r["train"][-1]]
+        cells = [
+            str(sum(kl_spikes(series(r["train"], "actor/kl_loss")) for r in rs)), mean_sd(finals),
+            f"{statistics.fmean(gate):.3f}" if gate else "-", f"{statistics.fmean(gap):+.4f}" if gap else "-",
+            f"{statistics.fmean(r['info'].get('train_wall_s', 0) for r in rs) / 60:.1f}",
+            f"{statistics.fmean(r['info'].get('eval_s', 0) for r in rs) / 60:.1f}",
+            f"{statistics.fmean(teacher):.2f}" if teacher else "-",
+        ]
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    if pictures and arms:
+        name = plot(arms, doc.parent / "results")
+        lines += ["", f"![training curves](results/{name})", "", "Bands: min..max over seeds; lines: seed mean."]
+    lines += ["", "## Settings", "", "```", json.dumps(settings, indent=1), "```"]
+    discussion = raw / "discussion.md"
+    if discussion.exists():
+        lines += ["", "## Discussion (hand-written)", "", discussion.read_text().strip()]
+    text = "\n".join(lines) + "\n"
+    doc.write_text(text)
+    return text
