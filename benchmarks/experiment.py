@@ -154,11 +154,6 @@ def train(a: argparse.Namespace, arm: str, seed: int, data: Path, work: Path) ->
         f"env.rollout.n={a.group}", f"env.max_steps={a.train_max_steps}", f"env.seed={seed}",
         f"env.history_length={a.history_length}", f"actor_rollout_ref.rollout.seed={seed}",
         "actor_rollout_ref.rollout.full_determinism=true",
-        # micro-batches of 32 rows instead of the recipe's 4 (gradient accumulation, same update):
-        # the update, old log-prob and reference passes are most of a CPU step
-        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=32",
-        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=32",
-        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=32",
         f"actor_rollout_ref.actor.optim.lr={a.lr}", f"data.max_prompt_length={a.max_prompt_length}",
         "data.max_response_length=48", "data.shuffle=true",
         f"trainer.total_training_steps={a.steps}", "trainer.test_freq=-1", "trainer.val_before_train=false",
