@@ -17,6 +17,7 @@ import json
 import statistics
 from pathlib import Path
 
+from verl_sdar.reports.curves import kl_spikes, mean_std, series
 from verl_sdar.reports.stats import sign_flip_test, t_interval
 
 INITIAL = "initial"
@@ -26,7 +27,7 @@ DECODINGS = ("sampled", "greedy")
 TRAIN_PANELS = (("episode/success_rate", "training episode success"), ("actor/kl_loss", "KL to reference"),
                 ("sdar/gate_mean", "gate mean"), ("sdar/gap_mean", "teacher - student gap"),
                 ("actor/entropy", "entropy"), ("sdar/gate_active_ratio", "gate active ratio"))
-KL_FACTOR = 3.0
+PLANNED_SEEDS = 6  # docs/experiment_plan.md (8 if its power rule is triggered: an amendment says so)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -107,25 +108,6 @@ def task_types(episodes: list[dict]) -> list[str]:
     return sorted({e["task_type"] for e in episodes})
 
 
-def series(train: list[dict], key: str) -> dict[int, float]:
-    return {r["step"]: float(r[key]) for r in train if key in r}
-
-
-def kl_spikes(kl: dict[int, float], factor: float = KL_FACTOR, floor: float = 1e-3) -> int:
-    """Steps whose KL exceeds ``factor`` x the run's median KL and ``floor``."""
-    if not kl:
-        return 0
-    median = statistics.median(kl.values())
-    return sum(1 for v in kl.values() if v > max(factor * median, floor))
-
-
-def mean_sd(values: list[float]) -> str:
-    if not values:
-        return "-"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.3f} ± {sd:.3f}"
-
-
 def plot(arms: dict[str, dict[int, dict]], out_dir: Path) -> str:
     """``experiment_training.png``: the training panels, seed mean with a min..max band per arm."""
     import matplotlib
@@ -171,9 +153,8 @@ def report(raw: Path, doc: Path, pictures: bool = True) -> str:
              "per seed; exact two-sided sign-flip test over seeds; 95% Student-t interval of the mean.", "",
              f"**{describe(primary)}.**", ""]
     done = {arm: sorted(seeds) for arm, seeds in arms.items()}
-    planned = 6
-    if len(primary.get("seeds", [])) < planned:
-        lines += [f"*Incomplete: {len(primary.get('seeds', []))} of the plan's {planned} seeds have both arms "
+    if len(primary.get("seeds", [])) < PLANNED_SEEDS:
+        lines += [f"*Incomplete: {len(primary.get('seeds', []))} of the plan's {PLANNED_SEEDS} seeds have both arms "
                   f"(finished runs: {done}). The plan's analysis waits for all of them.*", ""]
     if primary.get("rows"):
         lines += ["| seed | SDAR | GRPO | difference |", "|---|---|---|---|"]
@@ -197,7 +178,7 @@ def report(raw: Path, doc: Path, pictures: bool = True) -> str:
             greedy = [v for r in arms[arm].values() if (v := success(r["eval"], split, "greedy")) is not None]
             start = success(initial, split, "sampled")
             moved = f"{statistics.fmean(sampled) - start:+.3f}" if sampled and start is not None else "-"
-            lines.append(f"| {arm} | {len(sampled)} | {split} | {mean_sd(sampled)} | {mean_sd(greedy)} | {moved} |")
+            lines.append(f"| {arm} | {len(sampled)} | {split} | {mean_std(sampled)} | {mean_std(greedy)} | {moved} |")
     if initial:
         lines.append(f"| warm start | - | valid_unseen | {success(initial, 'valid_unseen', 'sampled'):.3f} | "
                      f"{success(initial, 'valid_unseen', 'greedy'):.3f} | - |")
@@ -224,7 +205,7 @@ def report(raw: Path, doc: Path, pictures: bool = True) -> str:
         gate, gap, teacher = pooled("sdar/gate_mean"), pooled("sdar/gap_mean"), pooled("timing_s/teacher")
         finals = [r["train"][-1]["actor/kl_loss"] for r in rs if r["train"] and "actor/kl_loss" in r["train"][-1]]
         cells = [
-            str(sum(kl_spikes(series(r["train"], "actor/kl_loss")) for r in rs)), mean_sd(finals),
+            str(sum(kl_spikes(series(r["train"], "actor/kl_loss")) for r in rs)), mean_std(finals),
             f"{statistics.fmean(gate):.3f}" if gate else "-", f"{statistics.fmean(gap):+.4f}" if gap else "-",
             f"{statistics.fmean(r['info'].get('train_wall_s', 0) for r in rs) / 60:.1f}",
             f"{statistics.fmean(r['info'].get('eval_s', 0) for r in rs) / 60:.1f}",
