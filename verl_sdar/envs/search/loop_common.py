@@ -74,10 +74,8 @@ def open_retriever(settings: dict[str, Any]) -> tuple[Retriever, int, float]:
     retriever = settings["retriever"]
     timeout_s = float(retriever["timeout_s"])
     opened = get_retriever(retriever.get("url"), retriever.get("corpus_path"), timeout_s, int(retriever["retries"]))
-    if retriever.get("url"):  # the search call waits for every try of the HTTP client and its back-off
-        attempts = int(retriever["retries"]) + 1
-        timeout_s = attempts * timeout_s + 0.2 * attempts * (attempts + 1) / 2
-    return opened, int(retriever["topk"]), timeout_s
+    # the search call waits for every try of the HTTP client and its back-off
+    return opened, int(retriever["topk"]), getattr(opened, "max_wait_s", timeout_s)
 
 
 def turn_rows_selected(kwargs: dict[str, Any]) -> bool:

@@ -83,6 +83,9 @@ class BM25Retriever:
         return results
 
 
+BACKOFF_S = 0.2  # HTTPRetriever waits BACKOFF_S * k after its k-th failed try
+
+
 class HTTPRetriever:
     """Client of a Search-R1 retrieval server (``POST url`` with a batch of queries).
 
@@ -101,6 +104,12 @@ class HTTPRetriever:
         self.timeout_s = timeout_s
         self.retries = retries
 
+    @property
+    def max_wait_s(self) -> float:
+        """The longest one :meth:`search` can take: every try timing out, with the back-off after each."""
+        attempts = self.retries + 1
+        return attempts * self.timeout_s + BACKOFF_S * attempts * (attempts + 1) / 2
+
     def search(self, queries: Sequence[str], topk: int) -> list[list[Hit]]:
         body = json.dumps({"queries": list(queries), "topk": int(topk), "return_scores": True}).encode()
         last: Exception | None = None
@@ -113,7 +122,7 @@ class HTTPRetriever:
             except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError) as e:
                 last = e
                 logger.warning("retriever %s: attempt %d failed: %s", self.url, attempt + 1, e)
-                time.sleep(0.2 * (attempt + 1))
+                time.sleep(BACKOFF_S * (attempt + 1))
         else:
             raise RetrievalError(f"retriever {self.url} failed after {self.retries + 1} attempts: {last}")
         result = payload.get("result") if isinstance(payload, dict) else None
