@@ -2,7 +2,7 @@
 
 import pytest
 
-from verl_sdar.metrics import first_row_per_episode, rate_by_group, session_of
+from verl_sdar.metrics import first_row_per_episode, rate_by_group, session_of, store_metrics
 
 
 def test_session_of_strips_the_turn_index_only():
@@ -21,3 +21,11 @@ def test_rate_by_group_counts_each_item_once():
     assert rate_by_group(["a", "b", "a", None], [1, 0, 0, 1]) == {"a": (0.5, 2), "b": (0.0, 1), "unknown": (1.0, 1)}
     with pytest.raises(ValueError, match="2 groups for 1 values"):
         rate_by_group(["a", "b"], [1])
+
+
+def test_store_metrics_counts_rows_per_partition():
+    listing = {"train": {"a_0_0": {}, "a_0_1": {}, "b_0_0": {}}, "sdar_teacher": {}, "val": {"c": {}}}
+    assert store_metrics(listing, "sdar_teacher") == {"sdar/teacher_partition_rows": 0.0, "sdar/tq_stored_rows": 4.0}
+    listing["sdar_teacher"] = {"a_0_0": {}}
+    assert store_metrics(listing, "sdar_teacher")["sdar/teacher_partition_rows"] == 1.0
+    assert store_metrics({}, "sdar_teacher") == {"sdar/teacher_partition_rows": 0.0, "sdar/tq_stored_rows": 0.0}

@@ -1,5 +1,5 @@
-"""Metrics the SDAR trainer logs: teacher-pass gap/gate statistics, training episode outcomes,
-validation success per task type. Torch and tensordict only: no verl import.
+"""Metrics the SDAR trainer logs: teacher-pass gap/gate statistics, what the TransferQueue holds,
+training episode outcomes, validation success per task type. Torch and tensordict only: no verl import.
 
 Episodes: verl's V1 agent loops store each turn of an episode as its own row, keyed ``{uid}_{session}_{index}``
 (``uid``: the prompt, i.e. the GRPO group; ``session``: one rollout of it; ``index``: the turn).
@@ -117,6 +117,15 @@ def teacher_metrics(
 
 
 # ------------------------------------------------------------------------------- episodes
+def store_metrics(listing: dict[str, dict], teacher_partition: str) -> dict[str, float]:
+    """From a TransferQueue listing (``transfer_queue.kv_list()``: partition -> key -> tags), after
+    the teacher pass: ``sdar/teacher_partition_rows`` (rows left in ``teacher_partition``; 0, it is
+    cleared every step) and ``sdar/tq_stored_rows`` (rows in all partitions: this step's batch;
+    growth over steps would be a leak)."""
+    return {"sdar/teacher_partition_rows": float(len(listing.get(teacher_partition, {}))),
+            "sdar/tq_stored_rows": float(sum(len(keys) for keys in listing.values()))}
+
+
 def episode_metrics(keys: Sequence[str], extra_fields: Sequence, real: Sequence[int]) -> dict[str, float]:
     """Training success rate, overall and per task type, counting each episode once.
 

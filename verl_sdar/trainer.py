@@ -190,10 +190,7 @@ class SDARTrainer(PPOTrainerSync):
             teacher_log_probs = response_from_nested(scored["log_probs"], scored["response_mask"])
         finally:
             tq.kv_clear(keys=batch.keys, partition_id=TEACHER_PARTITION)
-        # what the TransferQueue holds now: the teacher partition must be empty, the rest is this step's batch
-        stored = {pid: len(keys) for pid, keys in tq.kv_list().items()}
-        metrics["sdar/teacher_partition_rows"] = stored.get(TEACHER_PARTITION, 0)
-        metrics["sdar/tq_stored_rows"] = sum(stored.values())
+        metrics.update(sdar_metrics.store_metrics(tq.kv_list(), TEACHER_PARTITION))
         batch = _put(batch, teacher_log_probs=teacher_log_probs)
 
         key = self.sdar.skills.task_type_key
