@@ -2,10 +2,10 @@
 
 Every ``--interval`` seconds, the resident memory (RSS) of the driver and of every process it
 started (Ray's GCS and raylet, the actor/rollout/ref workers, the agent-loop workers, the
-TransferQueue's controller and storage actors), grouped by process title; every step, the
-TransferQueue's stored row count and the rows left in the teacher's partition
+TransferQueue's controller and storage actors), each process named by its first title and its
+pid; every step, the TransferQueue's stored row count and the rows left in the teacher's partition
 (``sdar/tq_stored_rows``, ``sdar/teacher_partition_rows``, logged by the trainer). Writes the
-samples to ``--out`` (JSON) and prints a table: each group's RSS after warm-up and at the end,
+samples to ``--out`` (JSON) and prints a table: each process's RSS after warm-up and at the end,
 with a least-squares slope over the steps after warm-up (MB per 100 steps).
 
     python benchmarks/soak.py --steps 100 [--out docs/reliability_soak.json]
