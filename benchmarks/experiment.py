@@ -24,6 +24,7 @@ folders; a later invocation with other settings is refused.
     python benchmarks/experiment.py report [--doc docs/results.md]   # the page, from the raw files
     python benchmarks/experiment.py run --arms grpo --seeds 100,101 --lr 3e-5 --splits valid_seen \
         --raw-dir docs/results/pilot/lr3e-05       # the learning-rate pilot (GRPO, valid_seen only)
+    python benchmarks/experiment.py pilot --raw-dir docs/results/pilot   # its summary: lr, seeds per arm
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ SETTING_KEYS = ("warmstart", "steps", "games_per_step", "group", "train_max_step
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("command", choices=("run", "cost", "report"))
+    p.add_argument("command", choices=("run", "cost", "report", "pilot"))
     p.add_argument("--doc", default="docs/results.md", help="report: the page to write")
     p.add_argument("--arms", default="grpo,sdar")
     p.add_argument("--seeds", default="0,1,2,3,4,5")
@@ -259,6 +260,13 @@ def main(argv: list[str] | None = None) -> int:
         from verl_sdar.reports.experiment import report
 
         print(report(raw, Path(a.doc)))
+        return 0
+    if a.command == "pilot":  # the lr pilot's summary and the plan's decisions (verl_sdar.reports.pilot)
+        from verl_sdar.reports.pilot import page, summarize
+
+        text = page(summarize(raw))
+        (raw / "summary.md").write_text(text)
+        print(text)
         return 0
     work = Path(a.work).resolve()
     data = work / "data"

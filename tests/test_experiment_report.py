@@ -65,3 +65,50 @@ def test_the_page_puts_the_primary_test_first(raw, tmp_path):
     assert "Incomplete: 3 of the plan's 6 seeds have both arms" in page
     assert "| sdar | 0 | 0.010 ± 0.000 | 0.500 | +0.0100 | 10.0 | 16.7 | 2.00 |" in page
     assert (tmp_path / "results" / "experiment_training.png").is_file()
+
+
+# ----------------------------------------------------------------------------- the learning-rate pilot
+def write_pilot(root, lr, seen_wins):
+    folder = root / f"lr{lr:.0e}"
+    folder.mkdir(parents=True)
+    (folder / "settings.json").write_text(json.dumps({"lr": lr, "splits": "valid_seen"}))
+    for seed, wins in seen_wins.items():
+        write_run(folder, f"grpo_seed{seed}", wins_unseen=0, wins_seen=wins)
+    write_run(folder, "initial", wins_unseen=0, wins_seen=2)
+
+
+def test_pilot_rules_by_hand(tmp_path):
+    from verl_sdar.reports.pilot import choose_lr, page, pooled_sd, summarize
+
+    write_pilot(tmp_path, 1e-4, {100: 4, 101: 2})  # 0.500, 0.250: mean 0.375, variance 0.03125
+    write_pilot(tmp_path, 3e-5, {100: 3, 101: 3})  # 0.375, 0.375: mean 0.375 (a tie), variance 0
+    s = summarize(tmp_path, sims=200)
+    assert s["means"] == pytest.approx({1e-4: 0.375, 3e-5: 0.375})
+    assert s["lr"] == 3e-5  # the tie goes to the smaller lr
+    assert s["sd_1"] == pytest.approx((0.03125 / 2) ** 0.5)  # pooled over 1 + 1 degrees of freedom
+    assert s["sd_D"] == pytest.approx(2**0.5 * 0.125)
+    assert s["seeds"] == 8 and s["mde"][8] > 0.10  # too noisy for 0.10 even with 8 seeds: the page says so
+    text = page(s)
+    assert "**Chosen lr: 3e-05**" in text and "**Seeds per arm: 8**" in text and "Even 8 seeds cannot" in text
+    assert "| 0.0001 | lr1e-04 | 100 | 0.500 | 0.000 |" in text
+    assert "Warm start (no RL), same evaluation: sampled 0.250." in text
+
+    assert choose_lr({1e-5: 0.30, 3e-5: 0.30 + 1 / 96 + 0.001, 1e-4: 0.2}) == 3e-5  # beyond the tie margin
+    assert choose_lr({1e-5: 0.30, 3e-5: 0.30 + 1 / 96}) == 1e-5  # within it
+    assert pooled_sd([[0.1], [0.2]]) is None
+    with pytest.raises(ValueError, match="no pilot runs"):
+        choose_lr({})
+
+
+def test_pilot_refuses_a_non_grpo_run_or_a_repeated_lr(tmp_path):
+    from verl_sdar.reports.pilot import pilot_runs
+
+    write_pilot(tmp_path, 1e-4, {100: 4})
+    write_run(tmp_path / "lr1e-04", "sdar_seed100", 0)
+    with pytest.raises(ValueError, match="GRPO only"):
+        pilot_runs(tmp_path)
+    (tmp_path / "lr1e-04" / "sdar_seed100" / "run.json").unlink()
+    write_pilot(tmp_path / "again", 1e-4, {101: 4})
+    (tmp_path / "again" / "lr1e-04").rename(tmp_path / "lr0.0001")
+    with pytest.raises(ValueError, match="two pilot folders record lr 0.0001"):
+        pilot_runs(tmp_path)
