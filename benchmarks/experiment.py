@@ -17,7 +17,8 @@ Outputs, per run, under ``--raw-dir`` (committed as they come in; ``--commit`` d
 A run whose ``run.json`` exists is done and never redone. A run killed during training resumes from
 its last checkpoint (verl's ``resume_mode=auto``, every ``--save-freq`` steps); killed during
 evaluation, its evaluation restarts. The settings are fixed in ``settings.json`` next to the raw
-folders; a later invocation with other settings is refused.
+folders; a later invocation with other settings is refused. Checkpoints and logs live under
+``--work``/<raw folder name>/<run> (its own ``settings.json``: a run is never resumed under others).
 
     python benchmarks/experiment.py run --arms grpo,sdar --seeds 0,1,2,3,4,5 [--commit]
     python benchmarks/experiment.py cost            # per-step and evaluation cost (pilot, not committed)
@@ -143,6 +144,25 @@ def build_data(a: argparse.Namespace, out: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- one run
+def run_folder(a: argparse.Namespace, work: Path, raw: Path, name: str) -> Path:
+    """The run's working folder (checkpoints, logs): ``<work>/<raw folder name>/<run>``, so that runs
+    of the same name under other settings (the pilot's lrs, the sweep) never resume each other's
+    checkpoints. It records the settings it was started with; resuming under others is refused."""
+    folder = work / raw.name / name
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = folder / "settings.json"
+    mine = settings_of(a)
+    if stamp.exists():
+        fixed = json.loads(stamp.read_text())
+        if fixed != mine:
+            differ = {k: (fixed.get(k), mine.get(k)) for k in set(fixed) | set(mine) if fixed.get(k) != mine.get(k)}
+            raise SystemExit(f"{folder} was started under other settings (started, given): {differ}; "
+                             "move it away to restart the run")
+    else:
+        stamp.write_text(json.dumps(mine, indent=1) + "\n")
+    return folder
+
+
 def train(a: argparse.Namespace, arm: str, seed: int, data: Path, work: Path) -> float:
     """main_ppo for (arm, seed); resumes from the last checkpoint. Returns the wall seconds."""
     work.mkdir(parents=True, exist_ok=True)
@@ -306,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             if (raw / name / "run.json").exists():
                 print(f"{name}: done before, skipped", flush=True)
                 continue
-            run_work = work / name
+            run_work = run_folder(a, work, raw, name)
             print(f"{name}: training", flush=True)
             train_s = train(a, arm, seed, data, run_work)
             model = run_work / "checkpoints" / f"global_step_{a.steps}" / "actor" / "huggingface"

@@ -112,3 +112,23 @@ def test_pilot_refuses_a_non_grpo_run_or_a_repeated_lr(tmp_path):
     (tmp_path / "again" / "lr1e-04").rename(tmp_path / "lr0.0001")
     with pytest.raises(ValueError, match="two pilot folders record lr 0.0001"):
         pilot_runs(tmp_path)
+
+
+def test_runner_never_resumes_a_run_under_other_settings(tmp_path):
+    """benchmarks/experiment.py: runs of the same name under other raw folders (the pilot's lrs) get
+    their own working folders; a working folder started under other settings is refused."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "experiment.py"
+    spec = importlib.util.spec_from_file_location("experiment_runner", path)
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    a = runner.parse_args(["run", "--lr", "1e-4"])
+    first = runner.run_folder(a, tmp_path, Path("docs/results/pilot/lr1e-04"), "grpo_seed100")
+    assert first == tmp_path / "lr1e-04" / "grpo_seed100"
+    assert runner.run_folder(a, tmp_path, Path("docs/results/pilot/lr1e-04"), "grpo_seed100") == first  # resumable
+    b = runner.parse_args(["run", "--lr", "3e-5"])
+    assert runner.run_folder(b, tmp_path, Path("docs/results/pilot/lr3e-05"), "grpo_seed100") != first
+    with pytest.raises(SystemExit, match=r"started under other settings .*'lr': \(0.0001, 3e-05\)"):
+        runner.run_folder(b, tmp_path, Path("elsewhere/lr1e-04"), "grpo_seed100")
