@@ -1,5 +1,8 @@
 """Learning curves on offline ALFWorld: GRPO, GRPO+OPSD, SDAR, RLSD, OPSD from one warm start.
 
+The earlier 4-step sweep (``docs/sweep_4step/``), kept to regenerate that page; the question it
+asked is now answered by the pre-registered experiment, ``benchmarks/experiment.py``.
+
 Every (method, seed) is one run of verl's real ``main_ppo`` on CPU (recipe
 ``recipes/alfworld/tiny_cpu_sdar.yaml`` plus the overrides below), from the warm-start model of
 ``benchmarks/warmstart.py``, on its generated games: training on the train split, validation on
@@ -8,12 +11,12 @@ and every ``--test-freq`` steps (greedy). The teacher's privileged context is ea
 route (``extra_info.privileged``, ``verl_sdar.envs.alfworld.privileged.route_hint``; the warm start
 learned to use it, see docs/warmstart.md) for every method that has a teacher.
 
-Runs are independent and resumable in parts: a run whose ``docs/results/raw/<method>_seed<k>.jsonl``
+Runs are independent and resumable in parts: a run whose ``docs/sweep_4step/raw/<method>_seed<k>.jsonl``
 exists is skipped, so the sweep can be spread over several sessions (``--methods``, ``--seeds``).
 Each raw file holds one JSON line per logged step with the metrics the plots use.
 
     python benchmarks/curves.py [--methods grpo,grpo_opsd,sdar,rlsd,opsd] [--seeds 0,1,2] [--steps 4]
-    python benchmarks/curves.py --report        # docs/results.md, its PNG plots and table, from the raw files
+    python benchmarks/curves.py --report        # docs/sweep_4step/results.md, its plots and table, from the raw files
 
 The statistics, table, plots and page of ``--report`` are ``verl_sdar.reports.curves``.
 """

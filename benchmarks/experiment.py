@@ -83,6 +83,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--splits", default="valid_seen,valid_unseen", help="evaluation splits (the lr pilot: valid_seen)")
     p.add_argument("--commit", action="store_true", help="git-commit each finished run's raw folder")
     p.add_argument("--eval-only-initial", action="store_true", help="only evaluate the warm start")
+    p.add_argument("--interim", action="store_true",
+                   help="report: the full page before every planned seed is done (marked incomplete; not to publish)")
     return p.parse_args(argv)
 
 
@@ -279,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.command == "report":  # the page from the raw files (verl_sdar.reports.experiment)
         from verl_sdar.reports.experiment import report
 
-        print(report(raw, Path(a.doc)))
+        print(report(raw, Path(a.doc), interim=a.interim))
         return 0
     if a.command == "pilot":  # the lr pilot's summary and the plan's decisions (verl_sdar.reports.pilot)
         from verl_sdar.reports.pilot import page, summarize

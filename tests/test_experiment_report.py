@@ -55,14 +55,25 @@ def test_primary_test_by_hand(raw):
     assert "p = 0.250 over 3 seeds (3 of 3 positive)" in describe(test)
 
 
+def test_before_the_last_seed_the_page_withholds_every_outcome(raw, tmp_path):
+    """The plan analyses once: until every planned seed has both arms, the page lists finished runs
+    and their cost, and no success figure of either arm."""
+    page = report(raw, tmp_path / "results.md")
+    assert "**In progress: 3 of the plan's 6 seeds have both SDAR and GRPO runs.**" in page
+    assert "| sdar_seed0 | 10.0 | 16.7 |" in page and "| grpo_seed2 | 10.0 | 16.7 |" in page
+    assert "valid_unseen 0.250 / 0.000" in page  # the warm start's figures: not an arm's outcome
+    assert "0.375" not in page and "0.625" not in page  # sdar's seeds 0 and 2 on valid_unseen
+    assert "difference" not in page and "Primary" not in page and "sign-flip" not in page
+
+
 def test_the_page_puts_the_primary_test_first(raw, tmp_path):
     doc = tmp_path / "results.md"
-    page = report(raw, doc, pictures=True)
+    page = report(raw, doc, pictures=True, interim=True)
     assert doc.read_text() == page
     headings = [line for line in page.splitlines() if line.startswith("## ")]
     assert headings[0] == "## Primary test (pre-registered)"
     assert "**sdar - grpo (valid_unseen, sampled): mean difference +0.208" in page
-    assert "Incomplete: 3 of the plan's 6 seeds have both arms" in page
+    assert "INTERIM, incomplete: 3 of the plan's 6 seeds have both arms" in page
     assert "| sdar | 0 | 0.010 ± 0.000 | 0.500 | +0.0100 | 10.0 | 16.7 | 2.00 |" in page
     assert (tmp_path / "results" / "experiment_training.png").is_file()
 
