@@ -15,7 +15,8 @@ Outputs, per run, under ``--raw-dir`` (committed as they come in; ``--commit`` d
 * ``<run>/run.json``: settings, wall times (training, evaluation), versions.
 
 A run whose ``run.json`` exists is done and never redone. A run killed during training resumes from
-its last checkpoint (verl's ``resume_mode=auto``, every ``--save-freq`` steps); killed during
+its last checkpoint (verl's ``resume_mode=auto``, every ``--save-freq`` steps; ``run.json`` then
+counts the training wall time of every start, ``train_starts`` of them); killed during
 evaluation, its evaluation restarts. The settings are fixed in ``settings.json`` next to the raw
 folders; a later invocation with other settings is refused. Checkpoints and logs live under
 ``--work``/<raw folder name>/<run> (its own ``settings.json``: a run is never resumed under others).
@@ -40,6 +41,7 @@ import sys
 import time
 from pathlib import Path
 
+WALL_EVERY_S = 5  # how often a training run's wall time is written down (a kill loses at most this)
 REPO = Path(__file__).resolve().parent.parent
 ARMS = {
     "grpo": ["algorithm=grpo"],
@@ -165,8 +167,9 @@ def run_folder(a: argparse.Namespace, work: Path, raw: Path, name: str) -> Path:
     return folder
 
 
-def train(a: argparse.Namespace, arm: str, seed: int, data: Path, work: Path) -> float:
-    """main_ppo for (arm, seed); resumes from the last checkpoint. Returns the wall seconds."""
+def train(a: argparse.Namespace, arm: str, seed: int, data: Path, work: Path) -> list[float]:
+    """main_ppo for (arm, seed); resumes from the last checkpoint. Returns the wall seconds of each
+    start of this run (one entry unless it was killed and resumed)."""
     work.mkdir(parents=True, exist_ok=True)
     train_file = data / ("train_noisy.parquet" if arm.endswith("_noisy") else "train.parquet")
     overrides = [
@@ -190,12 +193,26 @@ def train(a: argparse.Namespace, arm: str, seed: int, data: Path, work: Path) ->
                TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled", HYDRA_FULL_ERROR="1")
     cmd = [sys.executable, "-m", "verl.trainer.main_ppo", f"--config-path={REPO / 'recipes' / 'alfworld'}",
            "--config-name=tiny_cpu_sdar", *overrides]
+    # Wall seconds of every invocation, this one included, rewritten every few seconds while it runs:
+    # a run killed and resumed reports the training time of all its starts (lost work included).
+    walls_file = work / "train_wall.json"
+    walls = json.loads(walls_file.read_text()) if walls_file.exists() else []
+    walls.append(0.0)
     t0 = time.perf_counter()
     with open(work / "train.log", "a") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
-    if proc.returncode != 0:
-        raise SystemExit(f"{arm} seed {seed}: training failed (rc {proc.returncode}); see {work / 'train.log'}")
-    return time.perf_counter() - t0
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
+        while True:
+            try:
+                rc = proc.wait(timeout=WALL_EVERY_S)
+            except subprocess.TimeoutExpired:
+                rc = None
+            walls[-1] = round(time.perf_counter() - t0, 1)
+            walls_file.write_text(json.dumps(walls) + "\n")
+            if rc is not None:
+                break
+    if rc != 0:
+        raise SystemExit(f"{arm} seed {seed}: training failed (rc {rc}); see {work / 'train.log'}")
+    return walls
 
 
 def _evaluate_split(model: str, games_root: str, split: str, n_eval: int, plays: list, max_steps: int,
@@ -296,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         build_data(a, data)
     if a.command == "cost":  # a short GRPO run and one evaluation pass, timed: nothing is committed
         cost = argparse.Namespace(**{**vars(a), "steps": 3, "save_freq": 3})
-        seconds = train(cost, "grpo", 0, data, work / "cost")
+        seconds = sum(train(cost, "grpo", 0, data, work / "cost"))
         rows = kept_metrics(work / "cost" / "metrics.jsonl")
         model = work / "cost" / "checkpoints" / "global_step_3" / "actor" / "huggingface"
         records, eval_s = evaluate_model(a, model, 0)
@@ -330,11 +347,13 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             run_work = run_folder(a, work, raw, name)
             print(f"{name}: training", flush=True)
-            train_s = train(a, arm, seed, data, run_work)
+            walls = train(a, arm, seed, data, run_work)
+            train_s = sum(walls)
             model = run_work / "checkpoints" / f"global_step_{a.steps}" / "actor" / "huggingface"
             print(f"{name}: evaluating {model}", flush=True)
             records, eval_s = evaluate_model(a, model, seed)
             info = {"run": name, "arm": arm, "seed": seed, "overrides": ARMS[arm], "train_wall_s": round(train_s, 1),
+                    "train_starts": len(walls),
                     "eval_s": round(eval_s, 1), "eval_seed": seed, "settings": settings_of(a), **versions()}
             write_run(raw / name, kept_metrics(run_work / "metrics.jsonl"), records, info)
             print(f"{name}: done ({train_s:.0f} s training, {eval_s:.0f} s evaluation)", flush=True)
