@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             write_run(raw / name, kept_metrics(run_work / "metrics.jsonl"), records, info)
             print(f"{name}: done ({train_s:.0f} s training, {eval_s:.0f} s evaluation)", flush=True)
             if a.commit:
-                commit([raw / name], f"experiment: {name} (raw)")
+                commit([raw / name], f"experiment: {name} (raw, {raw})")
     return 0
 
 
