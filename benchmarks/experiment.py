@@ -94,16 +94,19 @@ def settings_of(a: argparse.Namespace) -> dict:
     return {k: getattr(a, k) for k in SETTING_KEYS}
 
 
-def check_settings(a: argparse.Namespace, raw: Path) -> None:
-    """The first invocation writes ``settings.json``; later ones must use the same settings."""
-    raw.mkdir(parents=True, exist_ok=True)
-    path = raw / "settings.json"
+def check_settings(a: argparse.Namespace, folder: Path,
+                   refusal: str = "settings differ from {path} (fixed, given): {differ}") -> None:
+    """The first invocation writes ``folder/settings.json``; later ones must use the same settings
+    (else ``SystemExit`` with ``refusal``, formatted with ``folder``, the file's ``path`` and the
+    ``differ``ing values, fixed then given)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "settings.json"
     mine = settings_of(a)
     if path.exists():
         fixed = json.loads(path.read_text())
-        differ = {k: (fixed.get(k), v) for k, v in mine.items() if fixed.get(k) != v}
+        differ = {k: (fixed.get(k), mine.get(k)) for k in set(fixed) | set(mine) if fixed.get(k) != mine.get(k)}
         if differ:
-            raise SystemExit(f"settings differ from {path} (fixed, given): {differ}")
+            raise SystemExit(refusal.format(folder=folder, path=path, differ=differ))
     else:
         path.write_text(json.dumps(mine, indent=1) + "\n")
 
@@ -153,17 +156,8 @@ def run_folder(a: argparse.Namespace, work: Path, raw: Path, name: str) -> Path:
     of the same name under other settings (the pilot's lrs, the sweep) never resume each other's
     checkpoints. It records the settings it was started with; resuming under others is refused."""
     folder = work / raw.name / name
-    folder.mkdir(parents=True, exist_ok=True)
-    stamp = folder / "settings.json"
-    mine = settings_of(a)
-    if stamp.exists():
-        fixed = json.loads(stamp.read_text())
-        if fixed != mine:
-            differ = {k: (fixed.get(k), mine.get(k)) for k in set(fixed) | set(mine) if fixed.get(k) != mine.get(k)}
-            raise SystemExit(f"{folder} was started under other settings (started, given): {differ}; "
-                             "move it away to restart the run")
-    else:
-        stamp.write_text(json.dumps(mine, indent=1) + "\n")
+    check_settings(a, folder, "{folder} was started under other settings (started, given): {differ}; "
+                              "move it away to restart the run")
     return folder
 
 

@@ -35,7 +35,7 @@ SEED_CHOICES = (6, 8)
 
 def pilot_runs(root: Path) -> dict[float, dict]:
     """``{lr: {"folder", "sampled": {seed: success}, "greedy": {seed: success}, "initial": success}}``
-    for every ``lr*`` folder of ``root`` that has a ``settings.json``."""
+    for every folder of ``root`` that has a ``settings.json`` (one per lr)."""
     out: dict[float, dict] = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and (p / "settings.json").exists()):
         lr = float(json.loads((folder / "settings.json").read_text())["lr"])
