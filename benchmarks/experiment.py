@@ -96,19 +96,11 @@ def settings_of(a: argparse.Namespace) -> dict:
 
 def check_settings(a: argparse.Namespace, folder: Path,
                    refusal: str = "settings differ from {path} (fixed, given): {differ}") -> None:
-    """The first invocation writes ``folder/settings.json``; later ones must use the same settings
-    (else ``SystemExit`` with ``refusal``, formatted with ``folder``, the file's ``path`` and the
-    ``differ``ing values, fixed then given)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "settings.json"
-    mine = settings_of(a)
-    if path.exists():
-        fixed = json.loads(path.read_text())
-        differ = {k: (fixed.get(k), mine.get(k)) for k in set(fixed) | set(mine) if fixed.get(k) != mine.get(k)}
-        if differ:
-            raise SystemExit(refusal.format(folder=folder, path=path, differ=differ))
-    else:
-        path.write_text(json.dumps(mine, indent=1) + "\n")
+    """Pin this invocation's settings to ``folder`` (``verl_sdar.reports.settings.pin_settings``):
+    the first writes ``folder/settings.json``, later ones with other values are refused."""
+    from verl_sdar.reports.settings import pin_settings
+
+    pin_settings(folder, settings_of(a), refusal)
 
 
 # ----------------------------------------------------------------------------- data

@@ -143,3 +143,22 @@ def test_runner_never_resumes_a_run_under_other_settings(tmp_path):
     assert runner.run_folder(b, tmp_path, Path("docs/results/pilot/lr3e-05"), "grpo_seed100") != first
     with pytest.raises(SystemExit, match=r"started under other settings .*'lr': \(0.0001, 3e-05\)"):
         runner.run_folder(b, tmp_path, Path("elsewhere/lr1e-04"), "grpo_seed100")
+
+
+def test_pinned_settings_refuse_other_values_and_write_nothing(tmp_path):
+    """verl_sdar.reports.settings.pin_settings: written once, equal settings pass (a tuple equals the
+    list JSON reads back), a changed, added or missing key is refused with (fixed, given) and the
+    file is left as it was."""
+    from verl_sdar.reports.settings import pin_settings
+
+    folder = tmp_path / "raw"
+    pin_settings(folder, {"lr": 1e-5, "seeds": (0, 1)})
+    stored = (folder / "settings.json").read_text()
+    pin_settings(folder, {"seeds": [0, 1], "lr": 1e-5})
+    with pytest.raises(SystemExit, match=r"^x: \{'lr': \(1e-05, 3e-05\)\}$"):
+        pin_settings(folder, {"lr": 3e-5, "seeds": [0, 1]}, "x: {differ}")
+    with pytest.raises(SystemExit, match=r"'steps': \(None, 20\)"):
+        pin_settings(folder, {"lr": 1e-5, "seeds": [0, 1], "steps": 20})
+    with pytest.raises(SystemExit, match=r"'seeds': \(\[0, 1\], None\)"):
+        pin_settings(folder, {"lr": 1e-5})
+    assert (folder / "settings.json").read_text() == stored

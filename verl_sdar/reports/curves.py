@@ -14,6 +14,8 @@ import json
 import os
 from pathlib import Path
 
+from .settings import pin_settings
+
 METHODS = {  # name -> algorithm group (and overrides)
     "grpo": ["algorithm=grpo"],
     "grpo_opsd": ["algorithm=grpo_opsd"],      # beta 0: constant gate 0.5
@@ -326,12 +328,7 @@ def start_sweep(a: argparse.Namespace) -> tuple[list[str], list[int]]:
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
     seeds = [int(s) for s in a.seeds.split(",")]
-    raw_dir = Path(a.raw_dir)
-    raw_dir.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(a).items() if k not in NOT_SETTINGS}
-    settings_file = raw_dir / "settings.json"
-    if settings_file.exists() and json.loads(settings_file.read_text()) != settings:
-        raise SystemExit(f"{settings_file} holds other settings ({settings_file.read_text().strip()}); use another "
-                         "--raw-dir or the same options")
-    settings_file.write_text(json.dumps(settings, indent=1))
+    pin_settings(Path(a.raw_dir), settings, "{path} holds other settings (fixed, given): {differ}; use another "
+                 "--raw-dir or the same options")
     return methods, seeds
