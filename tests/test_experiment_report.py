@@ -33,7 +33,8 @@ def raw(tmp_path):
     (raw / "settings.json").write_text(json.dumps({"steps": 20}))
     for seed, (sdar, grpo) in enumerate([(3, 2), (4, 2), (5, 3)]):
         write_run(raw, f"sdar_seed{seed}", sdar, train=[{"step": 1, "sdar/gate_mean": 0.5, "sdar/gap_mean": 0.01,
-                                                         "actor/kl_loss": 0.01, "timing_s/teacher": 2.0}])
+                                                         "actor/kl_loss": 0.01, "timing_s/teacher": 2.0,
+                                                         "timing_s/step": 30.0 + 6 * seed}])
         write_run(raw, f"grpo_seed{seed}", grpo)
     write_run(raw, "initial", 2)
     (raw / "grpo_seed3").mkdir()  # a run still in progress: no run.json, not counted
@@ -59,7 +60,7 @@ def test_before_the_last_seed_the_page_withholds_every_outcome(raw, tmp_path):
     """The plan analyses once: until every planned seed has both arms, the page lists finished runs
     and their cost, and no success figure of either arm."""
     page = report(raw, tmp_path / "results.md")
-    assert "**In progress: 3 of the plan's 6 seeds have both SDAR and GRPO runs.**" in page
+    assert "**In progress: SDAR and GRPO have both finished for 3 of the plan's 6 seeds.**" in page
     assert "| sdar_seed0 | 10.0 | 1 | 16.7 |" in page and "| initial | 10.0 | - | 16.7 |" in page
     assert "valid_unseen 0.250 / 0.000" in page  # the warm start's figures: not an arm's outcome
     assert "0.375" not in page and "0.625" not in page  # sdar's seeds 0 and 2 on valid_unseen
@@ -74,7 +75,8 @@ def test_the_page_puts_the_primary_test_first(raw, tmp_path):
     assert headings[0] == "## Primary test (pre-registered)"
     assert "**sdar - grpo (valid_unseen, sampled): mean difference +0.208" in page
     assert "INTERIM, incomplete: 3 of the plan's 6 seeds have both arms" in page
-    assert "| sdar | 0 | 0.010 ± 0.000 | 0.500 | +0.0100 | 10.0 | 16.7 | 2.00 |" in page
+    # training steps: timing_s/step summed per run (30, 36, 42 s), mean 36 s; the wall of all starts: 600 s
+    assert "| sdar | 0 | 0.010 ± 0.000 | 0.500 | +0.0100 | 0.6 | 10.0 | 16.7 | 2.00 |" in page
     assert (tmp_path / "results" / "experiment_training.png").is_file()
 
 
