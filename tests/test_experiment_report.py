@@ -61,7 +61,7 @@ def test_before_the_last_seed_the_page_withholds_every_outcome(raw, tmp_path):
     and their cost, and no success figure of either arm."""
     page = report(raw, tmp_path / "results.md")
     assert "**In progress: SDAR and GRPO have both finished for 3 of the plan's 6 seeds.**" in page
-    assert "| sdar_seed0 | 10.0 | 1 | 16.7 |" in page and "| initial | 10.0 | - | 16.7 |" in page
+    assert "| sdar_seed0 | 0.5 | 10.0 | 1 | 16.7 |" in page and "| initial | - | 10.0 | - | 16.7 |" in page
     assert "valid_unseen 0.250 / 0.000" in page  # the warm start's figures: not an arm's outcome
     assert "0.375" not in page and "0.625" not in page  # sdar's seeds 0 and 2 on valid_unseen
     assert "difference" not in page and "Primary" not in page and "sign-flip" not in page
