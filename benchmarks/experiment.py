@@ -41,6 +41,8 @@ import sys
 import time
 from pathlib import Path
 
+from verl_sdar.reports.settings import pin_settings
+
 WALL_EVERY_S = 5  # how often a training run's wall time is written down (a kill loses at most this)
 REPO = Path(__file__).resolve().parent.parent
 ARMS = {
@@ -94,15 +96,6 @@ def settings_of(a: argparse.Namespace) -> dict:
     return {k: getattr(a, k) for k in SETTING_KEYS}
 
 
-def check_settings(a: argparse.Namespace, folder: Path,
-                   refusal: str = "settings differ from {path} (fixed, given): {differ}") -> None:
-    """Pin this invocation's settings to ``folder`` (``verl_sdar.reports.settings.pin_settings``):
-    the first writes ``folder/settings.json``, later ones with other values are refused."""
-    from verl_sdar.reports.settings import pin_settings
-
-    pin_settings(folder, settings_of(a), refusal)
-
-
 # ----------------------------------------------------------------------------- data
 def eval_games(games_root: Path, split: str, n: int) -> list[str]:
     from verl_sdar.envs.alfworld.play import find_games, split_dir
@@ -148,8 +141,8 @@ def run_folder(a: argparse.Namespace, work: Path, raw: Path, name: str) -> Path:
     of the same name under other settings (the pilot's lrs, the sweep) never resume each other's
     checkpoints. It records the settings it was started with; resuming under others is refused."""
     folder = work / raw.name / name
-    check_settings(a, folder, "{folder} was started under other settings (started, given): {differ}; "
-                              "move it away to restart the run")
+    pin_settings(folder, settings_of(a), "{folder} was started under other settings (started, given): {differ}; "
+                                         "move it away to restart the run")
     return folder
 
 
@@ -310,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             "mean_steps": sum(r["steps"] for r in records) / len(records)}, indent=1))
         return 0
 
-    check_settings(a, raw)
+    pin_settings(raw, settings_of(a))
     arms = [x for x in a.arms.split(",") if x]
     unknown = [x for x in arms if x not in ARMS]
     if unknown:

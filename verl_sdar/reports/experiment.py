@@ -138,6 +138,13 @@ def plot(arms: dict[str, dict[int, dict]], out_dir: Path) -> str:
     return "experiment_training.png"
 
 
+def step_seconds(run: dict) -> float | None:
+    """The run's training steps, summed ``timing_s/step`` (a step repeated after a resume counts
+    once; the start-up and the steps a killed start lost are not in it); None if none logged."""
+    steps = series(run["train"], "timing_s/step")
+    return sum(steps.values()) if steps else None
+
+
 def status_page(raw: Path, runs: dict[str, dict], pairs: int) -> list[str]:
     """While the sweep runs: what has finished and what it cost, no outcome of either arm."""
     lines = ["# Does SDAR help? The pre-registered comparison on offline ALFWorld (tiny model, CPU)", "",
@@ -150,8 +157,8 @@ def status_page(raw: Path, runs: dict[str, dict], pairs: int) -> list[str]:
              "|---|---|---|---|---|"]
     for name, run in sorted(runs.items()):
         info = run["info"]
-        steps = series(run["train"], "timing_s/step")
-        steps_min = f"{sum(steps.values()) / 60:.1f}" if steps else "-"
+        steps = step_seconds(run)
+        steps_min = f"{steps / 60:.1f}" if steps is not None else "-"
         train = f"{info['train_wall_s'] / 60:.1f}" if "train_wall_s" in info else "-"
         lines.append(f"| {name} | {steps_min} | {train} | {info.get('train_starts', '-' if name == INITIAL else 1)} | "
                      f"{info.get('eval_s', 0) / 60:.1f} |")
@@ -243,7 +250,7 @@ def report(raw: Path, doc: Path, pictures: bool = True, interim: bool = False) -
         cells = [
             str(sum(kl_spikes(series(r["train"], "actor/kl_loss")) for r in rs)), mean_std(finals),
             f"{statistics.fmean(gate):.3f}" if gate else "-", f"{statistics.fmean(gap):+.4f}" if gap else "-",
-            f"{statistics.fmean(sum(series(r['train'], 'timing_s/step').values()) for r in rs) / 60:.1f}",
+            f"{statistics.fmean(step_seconds(r) or 0 for r in rs) / 60:.1f}",
             f"{statistics.fmean(r['info'].get('train_wall_s', 0) for r in rs) / 60:.1f}",
             f"{statistics.fmean(r['info'].get('eval_s', 0) for r in rs) / 60:.1f}",
             f"{statistics.fmean(teacher):.2f}" if teacher else "-",
