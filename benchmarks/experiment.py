@@ -168,15 +168,18 @@ def train(a: argparse.Namespace, arm: str, seed: int, data: Path, work: Path) ->
         f"trainer.default_local_dir={work / 'checkpoints'}", f"trainer.experiment_name={arm}_seed{seed}",
         "trainer.logger=[console,file]", f"hydra.run.dir={work / 'hydra'}",
     ]
-    env = dict(os.environ, VERL_SDAR_WORK=str(work), VERL_FILE_LOGGER_PATH=str(work / "metrics.jsonl"),
+    walls_file = work / "train_wall.json"
+    walls = json.loads(walls_file.read_text()) if walls_file.exists() else []
+    walls.append(0.0)
+    # verl's file logger empties its file when main_ppo starts: each start logs to its own file, so
+    # a resumed run keeps the metrics of the steps its earlier starts ran (kept_metrics reads all).
+    metrics_file = work / f"metrics.start{len(walls)}.jsonl"
+    env = dict(os.environ, VERL_SDAR_WORK=str(work), VERL_FILE_LOGGER_PATH=str(metrics_file),
                TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled", HYDRA_FULL_ERROR="1")
     cmd = [sys.executable, "-m", "verl.trainer.main_ppo", f"--config-path={REPO / 'recipes' / 'alfworld'}",
            "--config-name=tiny_cpu_sdar", *overrides]
     # Wall seconds of every invocation, this one included, rewritten every few seconds while it runs:
     # a run killed and resumed reports the training time of all its starts (lost work included).
-    walls_file = work / "train_wall.json"
-    walls = json.loads(walls_file.read_text()) if walls_file.exists() else []
-    walls.append(0.0)
     t0 = time.perf_counter()
     with open(work / "train.log", "a") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
@@ -241,10 +244,18 @@ def evaluate_model(a: argparse.Namespace, model: Path, seed: int) -> tuple[list[
     return records, time.perf_counter() - t0
 
 
-def kept_metrics(metrics_file: Path) -> list[dict]:
-    """One line per step (the last record of a step wins: a resumed run may repeat a step)."""
+def metrics_files(work: Path) -> list[Path]:
+    """The run's metrics files in start order (``metrics.jsonl``: runs started before each start had its own)."""
+    starts = sorted(work.glob("metrics.start*.jsonl"), key=lambda p: int(p.name[len("metrics.start"):-len(".jsonl")]))
+    return [p for p in [work / "metrics.jsonl", *starts] if p.exists()]
+
+
+def kept_metrics(work: Path) -> list[dict]:
+    """One line per step over all starts of the run (the last record of a step wins: a resumed run
+    may repeat a step)."""
     by_step: dict[int, dict] = {}
-    for line in metrics_file.read_text().splitlines():
+    lines = [line for f in metrics_files(work) for line in f.read_text().splitlines() if line.strip()]
+    for line in lines:
         record = json.loads(line)
         kept = {k: v for k, v in record["data"].items() if k.startswith(KEEP)}
         by_step.setdefault(record["step"], {}).update(kept)
@@ -293,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.command == "cost":  # a short GRPO run and one evaluation pass, timed: nothing is committed
         cost = argparse.Namespace(**{**vars(a), "steps": 3, "save_freq": 3})
         seconds = sum(train(cost, "grpo", 0, data, work / "cost"))
-        rows = kept_metrics(work / "cost" / "metrics.jsonl")
+        rows = kept_metrics(work / "cost")
         model = work / "cost" / "checkpoints" / "global_step_3" / "actor" / "huggingface"
         records, eval_s = evaluate_model(a, model, 0)
         print(json.dumps({
@@ -328,13 +339,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: training", flush=True)
             walls = train(a, arm, seed, data, run_work)
             train_s = sum(walls)
+            train_rows = kept_metrics(run_work)
+            logged = [r["step"] for r in train_rows]
+            if logged != list(range(1, a.steps + 1)):
+                raise SystemExit(f"{name}: the metrics files in {run_work} hold steps {logged}, not 1..{a.steps}; "
+                                 "the run is not recorded (its checkpoints and train.log are kept)")
             model = run_work / "checkpoints" / f"global_step_{a.steps}" / "actor" / "huggingface"
             print(f"{name}: evaluating {model}", flush=True)
             records, eval_s = evaluate_model(a, model, seed)
             info = {"run": name, "arm": arm, "seed": seed, "overrides": ARMS[arm], "train_wall_s": round(train_s, 1),
                     "train_starts": len(walls),
                     "eval_s": round(eval_s, 1), "eval_seed": seed, "settings": settings_of(a), **versions()}
-            write_run(raw / name, kept_metrics(run_work / "metrics.jsonl"), records, info)
+            write_run(raw / name, train_rows, records, info)
             print(f"{name}: done ({train_s:.0f} s training, {eval_s:.0f} s evaluation)", flush=True)
             if a.commit:
                 commit([raw / name], f"experiment: {name} (raw, {raw})")

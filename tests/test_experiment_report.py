@@ -147,6 +147,52 @@ def test_runner_never_resumes_a_run_under_other_settings(tmp_path):
         runner.run_folder(b, tmp_path, Path("elsewhere/lr1e-04"), "grpo_seed100")
 
 
+def _runner_and_recovery():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        mods = []
+        for name in ("experiment", "recover_metrics"):
+            spec = importlib.util.spec_from_file_location(f"bench_{name}", bench / f"{name}.py")
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+            mods.append(mod)
+        return mods
+    finally:
+        sys.path.remove(str(bench))
+
+
+def _record(step, kl):
+    return json.dumps({"step": step, "data": {"actor/kl_loss": kl, "timing_s/step": 30.0, "global_seqlen/min": 1.0}})
+
+
+def test_a_resumed_run_keeps_the_metrics_of_every_start(tmp_path):
+    """verl's file logger empties its file at start-up: the runner gives each start its own file and
+    reads them in start order (a legacy metrics.jsonl first; a repeated step: the later start wins)."""
+    runner, _ = _runner_and_recovery()
+    (tmp_path / "metrics.jsonl").write_text(_record(1, 0.1) + "\n" + _record(2, 0.2) + "\n")
+    (tmp_path / "metrics.start2.jsonl").write_text(_record(2, 0.25) + "\n" + _record(3, 0.3) + "\n")
+    (tmp_path / "metrics.start10.jsonl").write_text("")  # a start that found the run finished
+    rows = runner.kept_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert [r["actor/kl_loss"] for r in rows] == [0.1, 0.25, 0.3]
+    assert "global_seqlen/min" not in rows[0] and rows[0]["timing_s/step"] == 30.0
+
+
+def test_metrics_recovered_from_the_console_log_by_hand():
+    runner, recovery = _runner_and_recovery()
+    log = ("\x1b[36m(TaskRunnerV1 pid=1)\x1b[0m step:1 - global_seqlen/min:5.0 - actor/kl_loss:0.5 - "
+           "timing_s/step:31.5\n"
+           "noise line\n"
+           "(TaskRunnerV1 pid=1) step:2 - actor/kl_loss:0.25 - episode/success_rate:1.0 - timing_s/step:not-a-number\n")
+    assert recovery.parse(log) == [{"step": 1, "actor/kl_loss": 0.5, "timing_s/step": 31.5},
+                                   {"step": 2, "actor/kl_loss": 0.25, "episode/success_rate": 1.0}]
+
+
 def test_pinned_settings_refuse_other_values_and_write_nothing(tmp_path):
     """verl_sdar.reports.settings.pin_settings: written once, equal settings pass (a tuple equals the
     list JSON reads back), a changed, added or missing key is refused with (fixed, given) and the

@@ -116,6 +116,7 @@ def plot(arms: dict[str, dict[int, dict]], out_dir: Path) -> str:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+    colour = {arm: f"C{i}" for i, arm in enumerate(sorted(arms))}  # one colour per arm in every panel
     for ax, (key, title) in zip(axes.flat, TRAIN_PANELS, strict=True):
         for arm in sorted(arms):
             curves = [series(r["train"], key) for r in arms[arm].values()]
@@ -124,13 +125,14 @@ def plot(arms: dict[str, dict[int, dict]], out_dir: Path) -> str:
                 continue
             steps = sorted(set.intersection(*(set(c) for c in curves)))
             mean = [statistics.fmean(c[s] for c in curves) for s in steps]
-            ax.plot(steps, mean, label=f"{arm} ({len(curves)} seeds)")
+            ax.plot(steps, mean, color=colour[arm], label=f"{arm} ({len(curves)} seeds)")
             ax.fill_between(steps, [min(c[s] for c in curves) for s in steps],
-                            [max(c[s] for c in curves) for s in steps], alpha=0.2)
+                            [max(c[s] for c in curves) for s in steps], color=colour[arm], alpha=0.2)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_dir / "experiment_training.png", dpi=110)
