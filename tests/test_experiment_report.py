@@ -78,6 +78,15 @@ def test_the_page_puts_the_primary_test_first(raw, tmp_path):
     # training steps: timing_s/step summed per run (30, 36, 42 s), mean 36 s; the wall of all starts: 600 s
     assert "| sdar | 0 | 0.010 ± 0.000 | 0.500 | +0.0100 | 0.6 | 10.0 | 16.7 | 2.00 |" in page
     assert (tmp_path / "results" / "experiment_training.png").is_file()
+    assert "Arms still running" in page and "grpo (3 of 6 seeds: [0, 1, 2])" in page
+
+
+def test_a_secondary_arm_with_fewer_seeds_is_named_as_still_running(raw, tmp_path):
+    write_run(raw, "grpo_opsd_seed0", 1)
+    page = report(raw, tmp_path / "results.md", pictures=False, interim=True)
+    assert "grpo_opsd (1 of 6 seeds: [0])" in page
+    assert "- grpo_opsd - grpo (valid_unseen, sampled): mean difference -0.125 (0.125 vs 0.250)" in page
+    assert "over 1 seeds" in page and "no interval (one seed)" in page
 
 
 # ----------------------------------------------------------------------------- the learning-rate pilot

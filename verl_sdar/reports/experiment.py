@@ -205,6 +205,10 @@ def report(raw: Path, doc: Path, pictures: bool = True, interim: bool = False) -
         lines += [f"| {r['seed']} | {r['sdar']:.3f} | {r['grpo']:.3f} | {r['diff']:+.3f} |" for r in primary["rows"]]
         lines.append("")
     lines += ["## Secondary comparisons (exploratory)", ""]
+    partial = [f"{arm} ({len(seeds)} of {PLANNED_SEEDS} seeds: {seeds})" for arm, seeds in sorted(done.items())
+               if len(seeds) < PLANNED_SEEDS]
+    if partial:
+        lines += ["Arms still running (their comparisons use the seeds they finished): " + ", ".join(partial) + ".", ""]
     for a, b in (("sdar", "grpo"), ("grpo_opsd", "grpo"), ("sdar", "grpo_opsd")):
         for split in SPLITS:
             for decoding in DECODINGS:
