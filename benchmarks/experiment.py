@@ -250,16 +250,19 @@ def metrics_files(work: Path) -> list[Path]:
     return [p for p in [work / "metrics.jsonl", *starts] if p.exists()]
 
 
-def kept_metrics(work: Path) -> list[dict]:
-    """One line per step over all starts of the run (the last record of a step wins: a resumed run
-    may repeat a step)."""
+def kept_rows(records) -> list[dict]:
+    """``(step, metrics)`` pairs to one row per step holding the ``KEEP`` metrics, in step order; a
+    later record of a step wins, key by key (a resumed run may repeat a step)."""
     by_step: dict[int, dict] = {}
-    lines = [line for f in metrics_files(work) for line in f.read_text().splitlines() if line.strip()]
-    for line in lines:
-        record = json.loads(line)
-        kept = {k: v for k, v in record["data"].items() if k.startswith(KEEP)}
-        by_step.setdefault(record["step"], {}).update(kept)
+    for step, data in records:
+        by_step.setdefault(step, {}).update({k: v for k, v in data.items() if k.startswith(KEEP)})
     return [{"step": s, **by_step[s]} for s in sorted(by_step)]
+
+
+def kept_metrics(work: Path) -> list[dict]:
+    """One row per step over all starts of the run (``kept_rows`` of its metrics files)."""
+    records = (json.loads(line) for f in metrics_files(work) for line in f.read_text().splitlines() if line.strip())
+    return kept_rows((r["step"], r["data"]) for r in records)
 
 
 def write_run(out: Path, train_rows: list[dict], eval_rows: list[dict], info: dict) -> None:

@@ -15,28 +15,26 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from experiment import KEEP  # noqa: E402
+from experiment import kept_rows  # noqa: E402
 
 STEP = re.compile(r"\bstep:(\d+) - (.*)$")
 
 
-def parse(log: str) -> list[dict]:
-    """One row per step, the kept metrics only; the last print of a step wins."""
-    by_step: dict[int, dict] = {}
-    for line in log.splitlines():
-        m = STEP.search(line)
-        if not m:
+def numbers(items: str) -> dict[str, float]:
+    """``key:value - key:value ...`` to ``{key: float}``, skipping values that are not numbers."""
+    out = {}
+    for item in items.split(" - "):
+        key, _, value = item.partition(":")
+        try:
+            out[key] = float(value)
+        except ValueError:
             continue
-        row = {}
-        for item in m.group(2).split(" - "):
-            key, _, value = item.partition(":")
-            if key.startswith(KEEP):
-                try:
-                    row[key] = float(value)
-                except ValueError:
-                    continue
-        by_step[int(m.group(1))] = row
-    return [{"step": s, **by_step[s]} for s in sorted(by_step)]
+    return out
+
+
+def parse(log: str) -> list[dict]:
+    """One row per step, the kept metrics only (``kept_rows``, as the runner keeps them)."""
+    return kept_rows((int(m.group(1)), numbers(m.group(2))) for line in log.splitlines() if (m := STEP.search(line)))
 
 
 if __name__ == "__main__":

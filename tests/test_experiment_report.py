@@ -8,6 +8,18 @@ import pytest
 from verl_sdar.reports.experiment import describe, load_runs, by_arm, paired, report, success
 
 
+def bench(name):
+    """A script of ``benchmarks/`` (not a package), loaded by path."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).resolve().parents[1] / "benchmarks"
+                                                  / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def write_run(raw, name, wins_unseen, wins_seen=4, n=8, train=None, info=None):
     """A run whose sampled valid_unseen episodes are ``n`` with ``wins_unseen`` won (greedy: one
     per game, the first ``n // 4`` games)."""
@@ -139,13 +151,9 @@ def test_pilot_refuses_a_non_grpo_run_or_a_repeated_lr(tmp_path):
 def test_runner_never_resumes_a_run_under_other_settings(tmp_path):
     """benchmarks/experiment.py: runs of the same name under other raw folders (the pilot's lrs) get
     their own working folders; a working folder started under other settings is refused."""
-    import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "experiment.py"
-    spec = importlib.util.spec_from_file_location("experiment_runner", path)
-    runner = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(runner)
+    runner = bench("experiment")
     a = runner.parse_args(["run", "--lr", "1e-4"])
     first = runner.run_folder(a, tmp_path, Path("docs/results/pilot/lr1e-04"), "grpo_seed100")
     assert first == tmp_path / "lr1e-04" / "grpo_seed100"
@@ -156,25 +164,6 @@ def test_runner_never_resumes_a_run_under_other_settings(tmp_path):
         runner.run_folder(b, tmp_path, Path("elsewhere/lr1e-04"), "grpo_seed100")
 
 
-def _runner_and_recovery():
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    bench = Path(__file__).resolve().parents[1] / "benchmarks"
-    sys.path.insert(0, str(bench))
-    try:
-        mods = []
-        for name in ("experiment", "recover_metrics"):
-            spec = importlib.util.spec_from_file_location(f"bench_{name}", bench / f"{name}.py")
-            mod = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(mod)
-            mods.append(mod)
-        return mods
-    finally:
-        sys.path.remove(str(bench))
-
-
 def _record(step, kl):
     return json.dumps({"step": step, "data": {"actor/kl_loss": kl, "timing_s/step": 30.0, "global_seqlen/min": 1.0}})
 
@@ -182,7 +171,7 @@ def _record(step, kl):
 def test_a_resumed_run_keeps_the_metrics_of_every_start(tmp_path):
     """verl's file logger empties its file at start-up: the runner gives each start its own file and
     reads them in start order (a legacy metrics.jsonl first; a repeated step: the later start wins)."""
-    runner, _ = _runner_and_recovery()
+    runner = bench("experiment")
     (tmp_path / "metrics.jsonl").write_text(_record(1, 0.1) + "\n" + _record(2, 0.2) + "\n")
     (tmp_path / "metrics.start2.jsonl").write_text(_record(2, 0.25) + "\n" + _record(3, 0.3) + "\n")
     (tmp_path / "metrics.start10.jsonl").write_text("")  # a start that found the run finished
@@ -193,7 +182,7 @@ def test_a_resumed_run_keeps_the_metrics_of_every_start(tmp_path):
 
 
 def test_metrics_recovered_from_the_console_log_by_hand():
-    runner, recovery = _runner_and_recovery()
+    recovery = bench("recover_metrics")
     log = ("\x1b[36m(TaskRunnerV1 pid=1)\x1b[0m step:1 - global_seqlen/min:5.0 - actor/kl_loss:0.5 - "
            "timing_s/step:31.5\n"
            "noise line\n"
