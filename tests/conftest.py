@@ -65,6 +65,7 @@ MODULE_TIERS = {
     "test_e2e_cpu.py": "e2e",
     "test_fidelity.py": "unit",
     "test_gpu_check.py": "unit",              # the tiny CPU version of python -m verl_sdar.gpu_check
+    "test_group_sampling.py": "envs",         # real episodes against the in-process hf server
     "test_env_common.py": "unit",
     "test_episodes.py": "unit",
     "test_hf_generation.py": "unit",

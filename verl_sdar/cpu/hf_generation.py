@@ -43,6 +43,7 @@ _SUPPORTED_SAMPLING_KEYS = frozenset(
         "logprobs",
         "max_tokens",
         "max_new_tokens",
+        "seed",  # the request's own seed: read by the server (HFRolloutServer._seed), not by the sampler
         "prompt_logprobs",
         "ignore_eos",
         "stop_token_ids",

@@ -20,7 +20,6 @@ Text only: multimodal inputs raise ``NotImplementedError``. LoRA is supported on
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import threading
 from collections.abc import AsyncIterable, Iterable
@@ -41,6 +40,7 @@ from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 from verl.workers.rollout.utils import ensure_async_iterator, get_max_position_embeddings
 
 from verl_sdar.names import ROLLOUT_NAME
+from verl_sdar.request_identity import DETERMINISTIC_PREFIX, SEED_KEY, request_seed
 
 from .hf_generation import GenerationResult, HFGenerator, SamplingSpec, parse_sampling_params
 
@@ -75,22 +75,20 @@ class _Request:
     seed: int = 0
 
 
-def request_seed(base_seed: int, global_steps: int | None, prompt_ids: list[int], occurrence: int | str) -> int:
-    """A request's sampling seed: a hash of the rollout seed, the weights version, the prompt ids,
-    and ``occurrence``: how many requests for the same prompt came before it at this weights
-    version, or, under verl's ``actor_rollout_ref.rollout.full_determinism`` (request ids
-    ``det-<priority>[-<turn>]``, priority = the sample's row in the batch), the request id.
+def server_seed(base_seed: int, global_steps: int | None, prompt_ids: list[int], occurrence: int | str) -> int:
+    """The sampling seed of a request that names none: a hash of the rollout seed, the weights
+    version, the prompt ids and ``occurrence``, how many requests with the same prompt ids (and,
+    under verl's ``full_determinism``, the same ``det-`` request id) came before it at this weights
+    version.
 
-    The k-th sample of a prompt is then the same in every run, whatever the batch it is decoded in
-    (a GRPO group's n identical prompts get k = 0..n-1), and a resumed run draws what the
-    uninterrupted one drew at the same step. With counts, *which* row of a group gets the k-th
-    sample follows the arrival order of the concurrent agent loops (not reproducible); with
-    ``full_determinism`` the row's own id picks its sample, so the whole batch is reproducible.
+    The k-th sample of a prompt is then the same in every run, whatever the batch it is decoded in:
+    the ``n`` sessions of a GRPO group get ``k = 0..n-1``, so ``n`` different draws, even from a loop
+    that sends the same id for all of them (verl's own single-turn loop sends ``det-{priority}``,
+    and ``priority`` is 0 on verl's V1 path). *Which* session gets the k-th draw follows the arrival
+    order of the concurrent agent loops, so a run's group samples are reproducible as a multiset.
+    verl-sdar's own loops name each request's seed (:mod:`verl_sdar.request_identity`), which wins.
     """
-    digest = hashlib.blake2b(digest_size=8)
-    digest.update(f"{base_seed}|{global_steps}|{occurrence}|".encode())
-    digest.update(b",".join(str(t).encode() for t in prompt_ids))
-    return int.from_bytes(digest.digest(), "little") & 0x7FFF_FFFF_FFFF_FFFF
+    return request_seed(base_seed, global_steps, occurrence, prompt_ids=prompt_ids)
 
 
 class HFRolloutServer:
@@ -128,8 +126,8 @@ class HFRolloutServer:
 
         self.global_steps: int | None = None
         """Model weights version, set at each weight sync."""
-        self._occurrences: dict[tuple[int, ...], int] = {}
-        """Requests per prompt at the current weights version (for :func:`request_seed`)."""
+        self._occurrences: dict[tuple[str, tuple[int, ...]], int] = {}
+        """Requests per (deterministic id, prompt) at the current weights version (for :func:`server_seed`)."""
         self._warned_keys: set[str] = set()
         self._queue: list[_Request] = []
         self._worker: asyncio.Task[None] | None = None
@@ -159,8 +157,9 @@ class HFRolloutServer:
         mm_processor_kwargs: dict[str, Any] | None = None,
         priority: int = 0,
     ) -> TokenOutput:
-        """Generate a response for ``prompt_ids``. ``request_id`` only chooses the sampling seed
-        under ``full_determinism`` (:func:`request_seed`); ``priority`` is accepted, unused."""
+        """Generate a response for ``prompt_ids``. The sampling seed is ``sampling_params["seed"]``
+        when the request names one (as vLLM's), else :func:`server_seed`; ``request_id`` only takes
+        part in that under ``full_determinism`` (``det-`` ids); ``priority`` is accepted, unused."""
         if image_data is not None or video_data is not None or audio_data is not None:
             raise NotImplementedError("the hf rollout backend is text-only")
         prompt_ids = normalize_token_ids(prompt_ids)
@@ -182,13 +181,7 @@ class HFRolloutServer:
         future: asyncio.Future[GenerationResult] = asyncio.get_running_loop().create_future()
         self._outstanding.add(future)
         future.add_done_callback(self._outstanding.discard)
-        if request_id.startswith("det-"):  # verl's full_determinism: the sample's own id picks its draw
-            occurrence: int | str = request_id
-        else:
-            key = tuple(prompt_ids)
-            occurrence = self._occurrences.get(key, 0)
-            self._occurrences[key] = occurrence + 1
-        seed = request_seed(self.config.seed + self.replica_rank, self.global_steps, prompt_ids, occurrence)
+        seed = self._seed(sampling_params, request_id, prompt_ids)
         self._queue.append(_Request(prompt_ids, spec, future, seed))
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._decode_queue())
@@ -224,6 +217,16 @@ class HFRolloutServer:
                 for request, result in zip(group, results, strict=True):
                     if not request.future.done():
                         request.future.set_result(result)
+
+    def _seed(self, sampling_params: dict[str, Any], request_id: str, prompt_ids: list[int]) -> int:
+        named = sampling_params.get(SEED_KEY)
+        if named is not None:
+            return int(named)
+        key = (request_id if request_id.startswith(DETERMINISTIC_PREFIX) else "", tuple(prompt_ids))
+        occurrence = self._occurrences.get(key, 0)
+        self._occurrences[key] = occurrence + 1
+        return server_seed(self.config.seed + self.replica_rank, self.global_steps, prompt_ids,
+                           f"{key[0]}#{occurrence}" if key[0] else occurrence)
 
     def _to_token_output(self, result: GenerationResult) -> TokenOutput:
         extra: dict[str, Any] = {"global_steps": self.global_steps}

@@ -46,7 +46,6 @@ import os
 import threading
 import time
 from typing import Any
-from uuid import uuid4
 
 from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 from verl.utils.profiler import simple_timer
@@ -74,6 +73,7 @@ from verl_sdar.envs.contract import (
 from verl_sdar.envs.loop_base import EnvAgentLoop
 from verl_sdar.envs.turn_prompts import clip_text, project_action
 from verl_sdar.privileged import student_privileged
+from verl_sdar.request_identity import request_identity
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
@@ -204,6 +204,7 @@ class TurnRowAgentLoop(EnvAgentLoop):
     # ------------------------------------------------------------------ episode
     async def run(self, sampling_params: dict[str, Any], priority: int = 0, **kwargs) -> list[AgentLoopOutput]:
         priority = int(priority)
+        row = {**kwargs, "priority": priority}
         extra_info = plain(kwargs.get("extra_info")) or {}
         base = self.row_fields(extra_info)
 
@@ -233,15 +234,11 @@ class TurnRowAgentLoop(EnvAgentLoop):
                 prompt_ids = await self.fit_turn_prompt(skill, task, obs, admissible, history)
                 metrics: dict[str, Any] = {}
                 with simple_timer("generate_sequences", metrics):
-                    request_id = (
-                        f"det-{priority}-{turn}"
-                        if getattr(self.rollout_config, "full_determinism", False)
-                        else uuid4().hex
-                    )
+                    identity = request_identity(self.rollout_config, row, turn, prompt_ids)
                     generated = await self.server_manager.generate(
-                        request_id=request_id,
+                        request_id=identity.request_id,
                         prompt_ids=prompt_ids,
-                        sampling_params=sampling_params,
+                        sampling_params=identity.sampling_params(sampling_params),
                         priority=priority,
                     )
                 response_ids = list(generated.token_ids)[: self.response_length]

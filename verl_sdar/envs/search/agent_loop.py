@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import time
 from typing import Any
-from uuid import uuid4
 
 from verl.experimental.agent_loop.agent_loop import AgentLoopOutput, register
 from verl.utils.profiler import simple_timer
@@ -68,6 +67,7 @@ from verl_sdar.envs.search.prompts import INVALID_FEEDBACK, build_prompt, inform
 from verl_sdar.privileged import student_privileged
 from verl_sdar.envs.search.reward import exact_match, golden_answers
 from verl_sdar.envs.search.turn_agent_loop import SearchTurnAgentLoop
+from verl_sdar.request_identity import request_identity
 
 AGENT_NAME = "search"
 
@@ -121,6 +121,7 @@ class SearchAgentLoop(EnvAgentLoop):
 
     async def run(self, sampling_params: dict[str, Any], priority: int = 0, **kwargs) -> AgentLoopOutput:
         priority = int(priority)
+        row = {**kwargs, "priority": priority}
         extra_info = plain(kwargs.get("extra_info")) or {}
         reward_model = plain(kwargs.get("reward_model")) or {}
         question = extra_info.get(QUESTION)
@@ -148,13 +149,11 @@ class SearchAgentLoop(EnvAgentLoop):
             if budget <= 0:
                 break
             with simple_timer("generate_sequences", metrics):
-                request_id = (
-                    f"det-{priority}-{turn}" if getattr(self.rollout_config, "full_determinism", False) else uuid4().hex
-                )
+                identity = request_identity(self.rollout_config, row, turn, prompt_ids + response_ids)
                 generated = await self.server_manager.generate(
-                    request_id=request_id,
+                    request_id=identity.request_id,
                     prompt_ids=prompt_ids + response_ids,
-                    sampling_params={**sampling_params, "max_tokens": budget},
+                    sampling_params=identity.sampling_params({**sampling_params, "max_tokens": budget}),
                     priority=priority,
                 )
             server_fields = dict(generated.extra_fields or {}) if not server_fields else server_fields

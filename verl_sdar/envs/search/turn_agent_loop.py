@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import time
 from typing import Any
-from uuid import uuid4
 
 from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 from verl.utils.profiler import simple_timer
@@ -79,6 +78,7 @@ from verl_sdar.envs.search.prompts import (
 )
 from verl_sdar.envs.search.reward import exact_match, golden_answers
 from verl_sdar.envs.turn_loop import TurnRowAgentLoop
+from verl_sdar.request_identity import request_identity
 
 DEFAULTS: dict[str, Any] = {**EPISODE_DEFAULTS, "turn_rows": True}
 
@@ -146,6 +146,7 @@ class SearchTurnAgentLoop(TurnRowAgentLoop):
     # ------------------------------------------------------------------ episode
     async def run(self, sampling_params: dict[str, Any], priority: int = 0, **kwargs) -> list[AgentLoopOutput]:
         priority = int(priority)
+        row = {**kwargs, "priority": priority}
         extra_info = plain(kwargs.get("extra_info")) or {}
         reward_model = plain(kwargs.get("reward_model")) or {}
         question = extra_info.get(QUESTION)
@@ -166,11 +167,10 @@ class SearchTurnAgentLoop(TurnRowAgentLoop):
             prompt_ids = await self.fit_prompt(question, history, prefix)
             metrics: dict[str, Any] = {}
             with simple_timer("generate_sequences", metrics):
-                request_id = (
-                    f"det-{priority}-{turn}" if getattr(self.rollout_config, "full_determinism", False) else uuid4().hex
-                )
+                identity = request_identity(self.rollout_config, row, turn, prompt_ids)
                 generated = await self.server_manager.generate(
-                    request_id=request_id, prompt_ids=prompt_ids, sampling_params=sampling_params, priority=priority
+                    request_id=identity.request_id, prompt_ids=prompt_ids,
+                    sampling_params=identity.sampling_params(sampling_params), priority=priority,
                 )
             ids = list(generated.token_ids)[: self.response_length]
             # an empty list (nothing generated) still means log-probs were asked for: keep a list
