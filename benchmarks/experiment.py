@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.command == "pilot":  # the lr pilot's summary and the plan's decisions (verl_sdar.reports.pilot)
         from verl_sdar.reports.pilot import page, summarize
 
-        text = page(summarize(raw))
+        text = page(summarize(raw), raw)
         (raw / "summary.md").write_text(text)
         print(text)
         return 0

@@ -71,6 +71,7 @@ MODULE_TIERS = {
     "test_hf_generation.py": "unit",
     "test_hf_rollout.py": "e2e",              # Ray actors
     "test_launch.py": "unit",
+    "test_learning.py": "e2e",                # two 8-step GRPO runs through main_ppo
     "test_import_graph.py": "unit",
     "test_methods.py": "unit",
     "test_objectives.py": "unit",

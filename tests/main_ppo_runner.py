@@ -41,3 +41,24 @@ def by_step(records: list[dict]) -> dict[int, dict]:
     for record in records:
         merged.setdefault(record["step"], {}).update(record["data"])
     return merged
+
+
+def dumped_sessions(dump_dir: Path, step: int) -> dict[str, dict[str, list[str]]]:
+    """verl's rollout dump (``trainer.rollout_data_dir``) of ``step``: group (uid) -> session -> the
+    session's responses in turn order (the dump's ``uid`` field is the row key ``uid_session_turn``)."""
+    rows = [json.loads(line) for line in (Path(dump_dir) / f"{step}.jsonl").read_text().splitlines()]
+    groups: dict[str, dict[str, list[tuple[int, str]]]] = {}
+    for row in rows:
+        uid, session, turn = str(row["uid"]).rsplit("_", 2)
+        groups.setdefault(uid, {}).setdefault(session, []).append((int(turn), row["output"]))
+    return {uid: {s: [text for _, text in sorted(turns)] for s, turns in sessions.items()}
+            for uid, sessions in groups.items()}
+
+
+def assert_no_identical_group(dump_dir: Path, step: int, sessions: int) -> None:
+    """Every group of the dump has ``sessions`` sessions and they are not all the same text."""
+    groups = dumped_sessions(dump_dir, step)
+    assert groups, f"nothing dumped for step {step} in {dump_dir}"
+    for uid, members in groups.items():
+        assert len(members) == sessions, (uid, sorted(members))
+        assert len({tuple(texts) for texts in members.values()}) > 1, f"group {uid}: all sessions identical {members}"

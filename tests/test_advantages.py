@@ -9,7 +9,7 @@ from verl.trainer.ppo import core_algos
 from verl.trainer.ppo.ray_trainer import apply_kl_penalty
 from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
 
-from verl_sdar.advantages import TURN_ROW_GRPO, penalise_rewards, row_penalties
+from verl_sdar.advantages import TURN_ROW_GRPO, penalise_advantages, penalise_rewards, row_penalties
 
 
 def test_penalty_lowers_each_rows_summed_reward_by_exactly_its_penalty():
@@ -23,6 +23,44 @@ def test_penalty_lowers_each_rows_summed_reward_by_exactly_its_penalty():
     assert out[0].sum() == rows[0].sum() - torch.tensor(0.1)
     with pytest.raises(ValueError, match="2 reward rows for 1 penalties"):
         penalise_rewards(rows[:2], [0.0])
+
+
+def _all_fail_group_advantages(placement: str) -> torch.Tensor:
+    """8 failed turn rows of one group (reward 0), row 3 invalid (penalty 0.1), 2 response tokens
+    each (the second row's last token is padding), through turn-row GRPO with std normalisation."""
+    penalties = [0.0, 0.0, 0.0, 0.1, 0.0, 0.0, 0.0, 0.0]
+    mask = torch.ones(8, 2)
+    mask[1, 1] = 0
+    rewards = [torch.zeros(2) for _ in penalties]
+    if placement == "reward":
+        rewards = penalise_rewards(rewards, penalties)
+    scores = torch.stack(rewards) * mask
+    adv, _ = core_algos.get_adv_estimator_fn(TURN_ROW_GRPO)(
+        token_level_rewards=scores, response_mask=mask, index=np.array(["g"] * 8), config={})
+    return penalise_advantages(adv, mask, penalties) if placement == "advantage" else adv
+
+
+def test_penalty_on_the_reward_is_an_all_fail_groups_only_variance_and_is_amplified():
+    """Hand values: rewards [0,0,0,-0.1,0,0,0,0], mean -0.0125, unbiased std sqrt(0.00875/7) = 0.035355:
+    the invalid row gets -0.0875/0.035355 = -2.4749, the seven others +0.0125/0.035355 = +0.3536."""
+    adv = _all_fail_group_advantages("reward")
+    assert adv[3, 0].item() == pytest.approx(-2.4749, abs=1e-3)
+    assert adv[0, 0].item() == pytest.approx(0.3536, abs=1e-3) and adv[7, 1].item() == pytest.approx(0.3536, abs=1e-3)
+
+
+def test_penalty_after_normalisation_keeps_outcome_credit_primary():
+    """``sdar.invalid_action_penalty=advantage``: the group's outcomes are all equal, so the outcome
+    advantage is 0 everywhere and only the invalid row's tokens carry -0.1 (padding stays 0)."""
+    adv = _all_fail_group_advantages("advantage")
+    want = torch.zeros(8, 2)
+    want[3] = -0.1
+    assert torch.allclose(adv, want, atol=1e-6)
+    # a mixed group keeps its outcome advantages, shifted by the penalty on the penalised row only
+    outcome = torch.tensor([[1.0, 1.0], [-1.0, -1.0]])
+    assert torch.allclose(penalise_advantages(outcome, torch.ones(2, 2), [0.0, 0.1]),
+                          torch.tensor([[1.0, 1.0], [-1.1, -1.1]]))
+    with pytest.raises(ValueError, match="2 advantage rows for 1 penalties"):
+        penalise_advantages(outcome, torch.ones(2, 2), [0.1])
 
 
 def _batch(scores):

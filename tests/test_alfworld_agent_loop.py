@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from agent_loop_helpers import FakeServer, make_agent_loop, run_episode
-from main_ppo_runner import by_step, run_main_ppo
+from main_ppo_runner import assert_no_identical_group, by_step, run_main_ppo
 
 from verl_sdar.envs.alfworld.prompts import (
     build_prompt,
@@ -323,8 +323,8 @@ def test_dataset_rows(tmp_path, alfworld_small):
 @pytestmark_env
 def test_one_sdar_step_through_main_ppo(tmp_path, alfworld_small):
     """One SDAR step (plus validation before it) of verl's real main_ppo on CPU with the tiny model
-    on the shipped small ALFWorld set, 3 env steps per episode. Half of the games carry privileged
-    text, so the teacher pass sees different prompts for their turn rows."""
+    on the shipped small ALFWorld set, 3 env steps per episode, under ``full_determinism``. Half of
+    the games carry privileged text, so the teacher pass sees different prompts for their turn rows."""
 
     import pandas as pd
 
@@ -343,10 +343,15 @@ def test_one_sdar_step_through_main_ppo(tmp_path, alfworld_small):
         tmp_path, "alfworld/tiny_cpu_sdar",
         "trainer.total_training_steps=1", "trainer.val_before_train=true", "data.shuffle=false",
         "env.max_steps=3", "env.rollout.n=2",
+        "actor_rollout_ref.rollout.full_determinism=true", f"trainer.rollout_data_dir={tmp_path / 'dump'}",
         timeout=420,
     )
     merged = by_step(records)
     val, step = merged[0], merged[1]
+    # full_determinism: the 2 sessions of each game are independent draws (once, every group was
+    # one episode copied n times); the dump shows it and the group statistics count it
+    assert_no_identical_group(tmp_path / "dump", 1, sessions=2)
+    assert step["group/groups"] == 2 and step["group/sessions_mean"] == 2 and step["group/identical_share"] == 0.0
     # validation: success rate (reward 10 x won, and the reward function's `success`)
     assert any(k.startswith("val-") and "success" in k for k in val), sorted(val)
     # ... and per task type, one value per episode (4 validation games, 1 episode each)

@@ -265,16 +265,20 @@ def test_resume_after_sigkill_repeats_the_uninterrupted_run(work):
     completion marker names, written after the checkpoint's files).
 
     With ``actor_rollout_ref.rollout.full_determinism=true`` each sample's draw is seeded by the
-    rollout seed, the weights version, the prompt and the sample's row (verl's ``det-<row>``
-    request ids), and the dataloader position, weights and optimiser state come from the
-    checkpoint, so the resumed steps sample the same tokens and see the same rewards: counts,
-    lengths and scores are identical. Log-probs are not bit-identical between two runs of the CPU
+    rollout seed, the weights version, the prompt and how many requests for the same prompt and
+    request id came before it (verl's single-turn loop sends ``det-0`` for every session; the hf
+    server counts them, so the 4 sessions of a prompt are 4 different draws), and the dataloader
+    position, weights and optimiser state come from the checkpoint, so the resumed steps sample the
+    same multiset of tokens per group and see the same rewards: counts, lengths and scores are
+    identical. Log-probs are not bit-identical between two runs of the CPU
     path, resumed or not (two uninterrupted runs differ too): a row's log-prob depends at ~1e-7 on
     the micro-batch it is computed in (padding, the rollout server's batch of concurrent
     requests), so continuous metrics are compared to 1e-4 relative."""
     straight = {r["step"]: r["data"] for r in run_main_ppo(work, "straight", *EXACT_RESUME,
                                                             "trainer.experiment_name=straight")}
     assert sorted(straight) == [1, 2, 3, 4]
+    # the groups are diverse (this claim was once shown on groups that were one episode copied 4 times)
+    assert all(data["group/identical_share"] == 0.0 and data["group/sessions_mean"] == 4 for data in straight.values())
     log = _kill_after_checkpoint(work, "killed", step=2)
     assert "step:4" not in log
     # what a kill during step 3's save would leave: a half-written folder the marker does not name

@@ -84,7 +84,9 @@ def test_the_page_puts_the_primary_test_first(raw, tmp_path):
     page = report(raw, doc, pictures=True, interim=True)
     assert doc.read_text() == page
     headings = [line for line in page.splitlines() if line.startswith("## ")]
-    assert headings[0] == "## Primary test (pre-registered)"
+    # only the learning precondition (the GRPO-group statistics) comes before the primary test
+    assert headings[:2] == ["## GRPO groups in training", "## Primary test (pre-registered)"]
+    assert "Not logged by these runs" in page  # the fake runs log no group/* metrics
     assert "**sdar - grpo (valid_unseen, sampled): mean difference +0.208" in page
     assert "INTERIM, incomplete: 3 of the plan's 6 seeds have both arms" in page
     # training steps: timing_s/step summed per run (30, 36, 42 s), mean 36 s; the wall of all starts: 600 s
@@ -208,3 +210,20 @@ def test_pinned_settings_refuse_other_values_and_write_nothing(tmp_path):
     with pytest.raises(SystemExit, match=r"'seeds': \(\[0, 1\], None\)"):
         pin_settings(folder, {"lr": 1e-5})
     assert (folder / "settings.json").read_text() == stored
+
+
+def test_the_notice_comes_first_and_group_statistics_are_tabled(raw, tmp_path):
+    (raw / "notice.md").write_text("**Invalid: a defect found after the runs.**")
+    run = raw / "sdar_seed0" / "train.jsonl"
+    rows = [json.loads(line) for line in run.read_text().splitlines()]
+    for i, row in enumerate(rows):
+        row.update({"group/mixed_reward_share": 0.5 * i, "group/identical_share": 0.0,
+                    "group/nonzero_advantage_rows": 1.0})
+    run.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    page = report(raw, tmp_path / "results.md", pictures=False, interim=True)
+    headings = [line for line in page.splitlines() if line.startswith("## ")]
+    assert headings[:3] == ["## Read this first (hand-written notice)", "## GRPO groups in training",
+                            "## Primary test (pre-registered)"]
+    assert "**Invalid: a defect found after the runs.**" in page
+    mixed = sum(0.5 * i for i in range(len(rows))) / len(rows)
+    assert f"| sdar | {mixed:.3f} | 0.000 | 1.000 |" in page and "| grpo | - | - | - |" in page

@@ -123,3 +123,30 @@ def test_registering_twice_or_with_an_unknown_objective_fails():
         register_method(Method("sdar", "sdar", "again"))
     with pytest.raises(ValueError, match="unknown objective"):
         register_method(Method("new", "nope", "x"))
+
+
+def _term_gradient(sdar: SDARConfig, teacher: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """The value and the student gradient of the loss term the actor adds (``actor_loss`` calls
+    exactly this registered term)."""
+    student = torch.tensor([[-1.0, -2.0, -0.3], [-0.7, -4.0, -1.2]], dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    rows = {"teacher_log_probs": teacher, "entropy": torch.ones_like(teacher)}
+    term, _ = OBJECTIVE_REGISTRY[sdar.objective].loss_term(student, rows, mask, sdar, {"loss_agg_mode": "token-mean"})
+    (grad,) = torch.autograd.grad(term, student)
+    return term.item(), grad
+
+
+def test_grpo_opsd_update_ignores_the_teacher_and_only_sdars_gate_lets_it_in():
+    """With the gate and the teacher detached, the gated term's gradient is ``-coef * Agg(g_t * grad s_t)``.
+    GRPO+OPSD's gate is the constant 0.5, so two different teachers (one the negation of a sensible
+    one: every endorsement a rejection) give bit-identical gradients -- uniform self-imitation; a
+    wrong teacher changes only the logged term. SDAR's gap gate makes the gradient teacher-dependent."""
+    right = torch.tensor([[-0.5, -2.5, -0.1], [-0.9, -1.0, -3.0]], dtype=torch.float64)
+    wrong = torch.tensor([[-3.0, -0.2, -6.0], [-0.1, -9.0, -0.5]], dtype=torch.float64)
+    naive = SDARConfig.from_dict({"objective": "sdar", "beta": 0.0, "gate": "constant"})
+    value_right, grad_right = _term_gradient(naive, right)
+    value_wrong, grad_wrong = _term_gradient(naive, wrong)
+    assert torch.equal(grad_right, grad_wrong) and value_right != value_wrong
+    assert torch.allclose(grad_right[0], torch.full((3,), -0.5 / 5, dtype=torch.float64))  # -g/N, N = 5 tokens
+    sdar = SDARConfig.from_dict({"objective": "sdar", "beta": 5.0, "gate": "gap"})
+    assert not torch.allclose(_term_gradient(sdar, right)[1], _term_gradient(sdar, wrong)[1])

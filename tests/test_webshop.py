@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from agent_loop_helpers import FakeServer, make_agent_loop, run_episode
-from main_ppo_runner import by_step, run_main_ppo
+from main_ppo_runner import assert_no_identical_group, by_step, run_main_ppo
 
 from verl_sdar.envs.turn_prompts import format_response
 from verl_sdar.envs.webshop.catalogue import build, type_nouns
@@ -250,10 +250,13 @@ def test_one_sdar_step_through_main_ppo(tmp_path, catalogue):
         "trainer.total_training_steps=1", "trainer.val_before_train=true", "data.shuffle=false",
         "env.max_steps=2", "sdar.privileged.source=skills",
         f"sdar.skills.library={REPO / 'envs' / 'webshop' / 'skills'}",
+        "actor_rollout_ref.rollout.full_determinism=true", f"trainer.rollout_data_dir={tmp_path / 'dump'}",
         timeout=420,
     )
     merged = by_step(records)
     val, step = merged[0], merged[1]
+    assert_no_identical_group(tmp_path / "dump", 1, sessions=int(step["group/sessions_mean"]))
+    assert step["group/identical_share"] == 0.0
     assert any(k.startswith("val-core/webshop/success/") for k in val), sorted(val)
     assert "val-aux/webshop/webshop_score/mean@1" in val
     assert any(k.startswith("val-aux/webshop/webshop_score/") and not k.endswith("@1") for k in val), sorted(val)

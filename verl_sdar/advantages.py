@@ -10,9 +10,11 @@ penalty (``algorithm.use_kl_in_reward``), (2) rollout correction (``algorithm.ro
   *final* row and copies its advantage to the earlier turns; verl-agent's GRPO (the paper's) takes
   the statistics over *every* turn row of a group, each row scored by its own reward.
 * Before verl's step (1), :func:`penalise_rewards` subtracts each row's invalid-action penalty
-  (``extra_fields["invalid_action_penalty"]``, written by the agent loops) from the row's reward.
-  This is the only place the penalty is applied. It cannot ride on the reward function's score:
-  verl 0.9.1's reward loop scores an episode's last turn and copies that score to every turn row.
+  (``extra_fields["invalid_action_penalty"]``, written by the agent loops) from the row's reward
+  (``sdar.invalid_action_penalty=reward``, the reference's default); or, with ``=advantage``, after
+  verl's step (3) :func:`penalise_advantages` subtracts it from the row's advantage, so the group
+  statistics see outcomes only. It cannot ride on the reward function's score: verl 0.9.1's reward
+  loop scores an episode's last turn and copies that score to every turn row.
 * After verl's step (3), the objective's advantage transform (``verl_sdar.methods``: OPSD zeroes
   the advantages, RLSD reweights them per token) runs on the padded batch.
 """
@@ -28,7 +30,8 @@ from .envs.contract import INVALID_ACTION_PENALTY
 
 TURN_ROW_GRPO = "turn_row_grpo"
 
-__all__ = ["TURN_ROW_GRPO", "compute_turn_row_grpo_advantage", "penalise_rewards", "row_penalties"]
+__all__ = ["TURN_ROW_GRPO", "compute_turn_row_grpo_advantage", "penalise_advantages", "penalise_rewards",
+           "row_penalties"]
 
 
 @core_algos.register_adv_est(TURN_ROW_GRPO)
@@ -74,3 +77,14 @@ def penalise_rewards(rm_scores: Sequence[torch.Tensor], penalties: Sequence[floa
             scores[-1] = scores[-1] - penalty
         out.append(scores)
     return out
+
+
+def penalise_advantages(advantages: torch.Tensor, response_mask: torch.Tensor,
+                        penalties: Sequence[float]) -> torch.Tensor:
+    """``A'_{i,t} = A_{i,t} - penalties[i]`` on row i's response tokens (padded ``(rows, tokens)``
+    tensors): ``sdar.invalid_action_penalty=advantage``, the penalty after the group statistics, so
+    an all-fail group's only advantage is the invalid rows' own ``-penalty``."""
+    if advantages.shape[0] != len(penalties):
+        raise ValueError(f"{advantages.shape[0]} advantage rows for {len(penalties)} penalties")
+    column = torch.as_tensor(list(penalties), dtype=advantages.dtype, device=advantages.device).unsqueeze(-1)
+    return advantages - column * response_mask.to(advantages.dtype)

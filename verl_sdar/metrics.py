@@ -9,6 +9,7 @@ turns would otherwise weigh 50 times as much as one that wins in 5.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -19,13 +20,21 @@ from .envs.contract import SUCCESS, TASK_TYPE, WON
 from .objectives import compute_gate, gap_statistics, teacher_mask
 from .teacher import TeacherRows
 
+logger = logging.getLogger(__name__)
+
+
+def row_position(key: str) -> tuple[str, str, int]:
+    """``(group, session, turn index)`` of a row key ``uid_session_index``; a key of another form is
+    its own group, session and turn 0."""
+    parts = str(key).rsplit("_", 2)
+    if len(parts) == 3 and parts[2].isdigit():
+        return parts[0], f"{parts[0]}_{parts[1]}", int(parts[2])
+    return str(key), str(key), 0
+
 
 def session_of(key: str) -> str:
     """The episode a row key belongs to: ``uid_session`` of ``uid_session_index`` (else the key)."""
-    parts = str(key).rsplit("_", 2)
-    if len(parts) == 3 and parts[2].isdigit():
-        return f"{parts[0]}_{parts[1]}"
-    return str(key)
+    return row_position(key)[1]
 
 
 def first_row_per_episode(keys: Sequence[str]) -> list[int]:
@@ -182,3 +191,59 @@ def validation_metrics(data_sources: Sequence, reward_extra_infos: dict) -> dict
             for task_type, (mean, _) in means.items():
                 metrics[f"val-aux/{source}/{name}/{task_type}"] = mean
     return metrics
+
+
+# ------------------------------------------------------------------------------ GRPO groups
+COLLAPSE_WARNING = (
+    "verl-sdar step %s: the sessions of all %d groups are token-identical: GRPO's outcome reward gives no "
+    "gradient. Likely cause: every session of a prompt got the same sampling seed (a request without its own "
+    "seed under actor_rollout_ref.rollout.full_determinism, e.g. verl's single_turn_agent on vLLM; "
+    "verl-sdar's loops name one per session), or greedy sampling (temperature 0) with rollout.n > 1."
+)
+
+
+def group_metrics(keys: Sequence[str], responses: Sequence[Sequence[int]], scores: Sequence[float],
+                  real: Sequence[int], step: int | None = None) -> dict[str, float]:
+    """Per-step statistics of the GRPO groups over the real rows (``keys``: ``uid_session_index``;
+    ``responses``: each row's response token ids; ``scores``: each row's summed reward, the
+    environment's, before any invalid-action penalty). A session is the concatenation of its rows'
+    responses in turn order, its outcome the score of its last row.
+
+    * ``group/mixed_reward_share``: groups whose session outcomes are not all equal -- the only
+      groups whose outcome reward gives GRPO a gradient;
+    * ``group/identical_share``: groups of two or more sessions that are token-identical (the
+      collapse that ``full_determinism`` once caused: one episode copied n times); when it is 1 a
+      warning names the likely causes (:data:`COLLAPSE_WARNING`);
+    * ``group/groups``, ``group/sessions_mean``.
+    """
+    sessions: dict[str, dict[str, list[tuple[int, int]]]] = defaultdict(lambda: defaultdict(list))
+    for i in real:
+        group, session, turn = row_position(keys[i])
+        sessions[group][session].append((turn, i))
+    if not sessions:
+        return {}
+    mixed = identical = multi = 0
+    for members in sessions.values():
+        played = [sorted(rows) for rows in members.values()]
+        outcomes = {float(scores[rows[-1][1]]) for rows in played}
+        mixed += len(outcomes) > 1
+        if len(played) > 1:
+            multi += 1
+            tokens = {tuple(tuple(int(t) for t in responses[i]) for _, i in rows) for rows in played}
+            identical += len(tokens) == 1
+    n = len(sessions)
+    metrics = {"group/groups": float(n), "group/sessions_mean": sum(map(len, sessions.values())) / n,
+               "group/mixed_reward_share": mixed / n, "group/identical_share": identical / multi if multi else 0.0}
+    if multi and identical == multi:
+        logger.warning(COLLAPSE_WARNING, step, multi)
+    return metrics
+
+
+def advantage_metrics(advantages: torch.Tensor, response_mask: torch.Tensor, real: Sequence[int]) -> dict[str, float]:
+    """``group/nonzero_advantage_rows``: the share of real rows with a non-zero advantage on some
+    response token (padded ``(rows, tokens)`` tensors). 0 means the step's policy gradient is zero."""
+    if not real:
+        return {}
+    rows = torch.as_tensor(list(real), dtype=torch.long)
+    nonzero = ((advantages[rows] != 0) & response_mask[rows].bool()).any(dim=-1)
+    return {"group/nonzero_advantage_rows": float(nonzero.float().mean())}

@@ -37,7 +37,7 @@ from verl.utils.debug import marked_timer
 from verl.workers.utils.padding import response_from_nested, response_to_nested
 
 from . import metrics as sdar_metrics
-from .advantages import penalise_rewards, row_penalties
+from .advantages import penalise_advantages, penalise_rewards, row_penalties
 from .config import SDARConfig, check_datasets, check_teacher_tokenizer
 from .envs.contract import INVALID_ACTION_PENALTY
 from .faults import FaultMonitor, count_faults, fault_metrics, trainable_rows
@@ -206,48 +206,59 @@ class SDARTrainer(PPOTrainerSync):
 
     # -------------------------------------------------------------- advantages
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
-        env_scores = None
+        env_scores, penalties = None, None
         if batch.fields is None or "extra_fields" in batch.fields:
-            batch, env_scores = self._penalise_and_count_episodes(batch, metrics)
+            batch, env_scores, penalties = self._penalise_and_count_episodes(batch, metrics)
         batch = super()._compute_advantage(batch, metrics)
         if env_scores is not None:  # the logged score (critic/score) stays the environment's
             batch = _put(batch, rm_scores=env_scores)
         transform = self.sdar.objective_spec.transform_advantages
-        if transform is None:
-            return batch
         fields = ["advantages", "response_mask", *self.sdar.objective_spec.advantage_fields]
         rows = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
-        nested_mask = rows["response_mask"]
         padded = rows.to_padded_tensor()
-        inputs = {name: padded[name] for name in self.sdar.objective_spec.advantage_fields}
-        advantages, extra = transform(padded["advantages"], inputs, padded["response_mask"].bool(), self.sdar,
-                                      self.global_steps)
-        metrics.update(extra)
-        return _put(batch, advantages=response_to_nested(advantages, nested_mask))
+        advantages, mask = padded["advantages"], padded["response_mask"].bool()
+        if penalties is not None:  # sdar.invalid_action_penalty=advantage
+            advantages = penalise_advantages(advantages, mask, penalties)
+        if transform is not None:
+            inputs = {name: padded[name] for name in self.sdar.objective_spec.advantage_fields}
+            advantages, extra = transform(advantages, inputs, mask, self.sdar, self.global_steps)
+            metrics.update(extra)
+        if penalties is not None or transform is not None:
+            batch = _put(batch, advantages=response_to_nested(advantages, rows["response_mask"]))
+        metrics.update(sdar_metrics.advantage_metrics(advantages, mask, _real_rows(batch.tags)))
+        return batch
 
     def _penalise_and_count_episodes(self, batch: KVBatchMeta, metrics: dict):
-        """Episode success and env-fault metrics; each row's invalid-action penalty subtracted from
-        its reward. Raises ``faults.EnvFaultError`` when the env error rate trips ``sdar.faults``.
+        """Episode success, GRPO-group and env-fault metrics; each row's invalid-action penalty
+        subtracted from its reward. Raises ``faults.EnvFaultError`` when the env error rate trips
+        ``sdar.faults``.
 
-        Returns the batch and the rows' unpenalised rewards (None when nothing was penalised).
+        Returns the batch, the rows' unpenalised rewards (None when no reward was penalised) and,
+        with ``sdar.invalid_action_penalty=advantage``, the rows' penalties for the advantages
+        (else None).
         """
         rows = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id,
-                               select_fields=["extra_fields", "rm_scores", "response_mask"])
+                               select_fields=["extra_fields", "rm_scores", "response_mask", "responses"])
         extra = _rows(rows["extra_fields"])
         real = _real_rows(batch.tags)
         metrics.update(sdar_metrics.episode_metrics(batch.keys, extra, real))
+        metrics.update(sdar_metrics.group_metrics(batch.keys, _rows(rows["responses"]),
+                                                  [float(r.sum()) for r in _rows(rows["rm_scores"])], real,
+                                                  step=self.global_steps))
         faults = count_faults(batch.keys, extra, real)
         metrics.update(fault_metrics(faults))
         self.fault_monitor.update(self.global_steps, faults,
                                   trainable_rows=trainable_rows(_rows(rows["response_mask"]), real))
         if not any(isinstance(e, dict) and INVALID_ACTION_PENALTY in e for e in extra):
-            return batch, None
+            return batch, None, None
         penalties = row_penalties(extra)
         metrics["sdar/invalid_action_rows"] = sum(penalties[i] > 0 for i in real) / len(real) if real else 0.0
         if not any(penalties):
-            return batch, None
+            return batch, None, None
+        if self.sdar.invalid_action_penalty == "advantage":
+            return batch, None, penalties
         batch = _put(batch, rm_scores=_nested(penalise_rewards(_rows(rows["rm_scores"]), penalties)))
-        return batch, rows["rm_scores"]
+        return batch, rows["rm_scores"], None
 
     def _val_metrics_update(self, data_sources, sample_uids, reward_extra_infos_dict, sample_turns, **kwargs):
         """verl's validation metrics plus success per task type (``metrics.validation_metrics``)."""

@@ -23,6 +23,7 @@ from ..objectives import DIVERGENCES, GATES
 from ..teacher import FORMATS as PRIVILEGED_FORMATS
 
 OBJECTIVES = tuple(methods.OBJECTIVES)
+PENALTY_PLACEMENTS = ("reward", "advantage")
 TURN_ROW_GRPO = "turn_row_grpo"  # the advantage estimator verl_sdar.advantages registers with verl
 
 
@@ -211,6 +212,14 @@ class SDARConfig:
             ``DIVERGENCES``; ``reverse_kl`` is SDAR's own term, ``jsd`` and ``forward_kl`` are our
             sampled-token constructions for the loss-form ablation (formulas in
             ``verl_sdar.objectives.sdar_loss``).
+        invalid_action_penalty: where a row's invalid-action penalty (``env.invalid_action_penalty_coef``,
+            written by the agent loops) is applied. ``reward`` (the reference's): subtracted from the
+            row's reward before the group statistics; with ``norm_adv_by_std_in_grpo`` it is then
+            the only variance of a group whose episodes all failed, and is scaled up to about one
+            standard deviation (8 failed rows, one of them invalid: -2.47 on it, +0.35 on the other
+            seven: "reinforce whatever you did"). ``advantage`` (ours): subtracted from the row's
+            advantage after the group statistics, which then see outcomes only (that group: -0.1 on
+            the invalid row, 0 elsewhere).
         student_prompt: Skill-GRPO (``algorithm=skill_grpo``): the agent loops put each row's
             privileged text (from ``privileged.source``; ``skills`` with a stateless strategy) into
             the student's own rollout prompt, as ``"[Privileged Skill Information]\\n{text}\\n\\n"``
@@ -227,6 +236,7 @@ class SDARConfig:
     beta: float = 5.0
     gate: str = "gap"
     divergence: str = "reverse_kl"
+    invalid_action_penalty: str = "reward"
     student_prompt: bool = False
     privileged: PrivilegedConfig = field(default_factory=PrivilegedConfig)
     skills: SkillsConfig = field(default_factory=SkillsConfig)
@@ -246,6 +256,10 @@ class SDARConfig:
         if self.divergence not in DIVERGENCES:
             raise SDARConfigError(
                 f"sdar.divergence: unknown divergence {self.divergence!r}; expected one of {DIVERGENCES}"
+            )
+        if self.invalid_action_penalty not in PENALTY_PLACEMENTS:
+            raise SDARConfigError(
+                f"sdar.invalid_action_penalty must be one of {PENALTY_PLACEMENTS}, got {self.invalid_action_penalty!r}"
             )
         if self.privileged.source not in ("column", "skills"):
             raise SDARConfigError(
