@@ -29,3 +29,23 @@ def test_store_metrics_counts_rows_per_partition():
     listing["sdar_teacher"] = {"a_0_0": {}}
     assert store_metrics(listing, "sdar_teacher")["sdar/teacher_partition_rows"] == 1.0
     assert store_metrics({}, "sdar_teacher") == {"sdar/teacher_partition_rows": 0.0, "sdar/tq_stored_rows": 0.0}
+
+
+def test_group_metrics_count_mixed_identical_and_nonzero_rows_by_hand():
+    import torch
+
+    from verl_sdar.metrics import advantage_metrics, group_metrics
+
+    # group a: 2 sessions of 2 turns, identical tokens, same outcome; group b: 2 one-turn sessions,
+    # different tokens and outcomes; group c: one session (not counted as identical or not)
+    keys = ["a_0_0", "a_0_1", "a_1_0", "a_1_1", "b_0_0", "b_1_0", "c_0_0"]
+    responses = [torch.tensor([1, 2]), torch.tensor([3]), torch.tensor([1, 2]), torch.tensor([3]),
+                 torch.tensor([4]), torch.tensor([5]), [6]]
+    scores = [0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0]
+    m = group_metrics(keys, responses, scores, real=list(range(7)))
+    assert m == {"group/groups": 3.0, "group/sessions_mean": 5 / 3, "group/mixed_reward_share": 1 / 3,
+                 "group/identical_share": 0.5}
+    adv = torch.tensor([[0.0, 0.0], [0.5, 0.0], [0.0, 0.7]])
+    mask = torch.tensor([[1, 1], [1, 1], [1, 0]])
+    # row 2 is non-zero only on a masked token
+    assert advantage_metrics(adv, mask, real=[0, 1, 2])["group/nonzero_advantage_rows"] == pytest.approx(1 / 3)

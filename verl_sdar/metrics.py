@@ -202,6 +202,10 @@ COLLAPSE_WARNING = (
 )
 
 
+def _token_tuple(ids) -> tuple[int, ...]:
+    return tuple(ids.tolist() if isinstance(ids, torch.Tensor) else (int(t) for t in ids))
+
+
 def group_metrics(keys: Sequence[str], responses: Sequence[Sequence[int]], scores: Sequence[float],
                   real: Sequence[int], step: int | None = None) -> dict[str, float]:
     """Per-step statistics of the GRPO groups over the real rows (``keys``: ``uid_session_index``;
@@ -229,7 +233,7 @@ def group_metrics(keys: Sequence[str], responses: Sequence[Sequence[int]], score
         mixed += len(outcomes) > 1
         if len(played) > 1:
             multi += 1
-            tokens = {tuple(tuple(int(t) for t in responses[i]) for _, i in rows) for rows in played}
+            tokens = {tuple(_token_tuple(responses[i]) for _, i in rows) for rows in played}
             identical += len(tokens) == 1
     n = len(sessions)
     metrics = {"group/groups": float(n), "group/sessions_mean": sum(map(len, sessions.values())) / n,
