@@ -119,7 +119,7 @@ def make_batch(tokenizer, rows: int, seed: int = 0) -> Batch:
 
 
 def ours(tokenizer, batch: Batch, rows: int, max_prompt: int | None):
-    """The trainer's teacher-row steps (``SDARTrainer._compute_teacher_log_prob``), default
+    """The trainer's teacher-row steps (``verl_sdar.teacher_pass.TeacherPass``), default
     placement/role; ``max_prompt`` is ``sdar.teacher.max_prompt_length``."""
     blocks = PrivilegedBlocks(tokenizer, header=HEADER + "\n")
     prompts = batch.prompts[:rows]
