@@ -207,7 +207,14 @@ MUST_SHOW = [  # (key expression, scope: (method, policy), {env: value})
     ("env.turn_rows", None, {"search": True}),
     ("algorithm.adv_estimator", None, {"alfworld": "turn_row_grpo", "webshop": "turn_row_grpo",
                                        "search": "turn_row_grpo"}),
-    ("data.val_max_samples", None, {"alfworld": 128, "webshop": 128, "search": 512}),
+    ("data.val_max_samples", None, {"alfworld": 128, "webshop": 128, "search": None}),  # Search: the whole test set
+    ("trainer.test_freq", None, {"alfworld": 5, "webshop": 5, "search": 150}),
+    ("trainer.val_before_train", None, {"alfworld": True, "webshop": True, "search": False}),
+    ("sdar.skills.strategy", None, {"alfworld": "task_type", "webshop": "keyword_substring", "search": "task_type"}),
+    ("env.action_rules", None, {"search": "reference"}),
+    ("env.penalise_inadmissible", None, {"webshop": False}),
+    ("reward.custom_reward_function.name", None, {"alfworld": "compute_score", "webshop": "compute_score",
+                                                  "search": "compute_score"}),
     ("actor_rollout_ref.rollout.val_kwargs.temperature", None, {"alfworld": 0.4, "webshop": 0.4}),
     ("actor_rollout_ref.rollout.val_kwargs.do_sample", None, {"alfworld": True, "webshop": True}),
     ("data.apply_chat_template_kwargs.enable_thinking", ("sdar", "qwen3_1.7b"),
@@ -241,7 +248,9 @@ def test_the_table_covers_every_setting_of_the_issue():
         assert key in keyed, f"docs/fidelity.md has no row for `{key}`"
     settings = {r.setting for r in rows}
     for setting in ("teacher input format", "teacher model", "Skill-SD clamps", "OPSD policy-gradient coefficient",
-                    "Skill-GRPO", "Qwen3 thinking mode", "advantage estimator"):
+                    "Skill-GRPO", "Qwen3 thinking mode", "advantage estimator", "batch padding", "WebShop environment",
+                    "prompt templates", "over-long prompts", "the paper's numbers and the teacher's skills",
+                    "loss aggregation", "Qwen3-1.7B batch", "ALFWorld validation split"):
         assert setting in settings, f"docs/fidelity.md has no row {setting!r}"
     methods = set().union(*(r.methods for r in rows))
     assert methods >= set(ALGORITHMS) - {"grpo", "skill_grpo"}  # every distillation method has its own rows

@@ -140,13 +140,18 @@ def test_repeated_action_blocks_take_the_first_like_verl_agent():
 @PURE
 @given(st.one_of(tag_soup, st.text(max_size=200), st.sampled_from(NESTED + IMPOSTORS + LONG_TEXTS)))
 def test_search_parse_never_raises(text):
-    a = parse_action(text)
+    a = parse_action(text, "ours")
     assert a.kind in ("search", "answer", "invalid") and 0 <= a.end <= len(text)
     if a.kind == "invalid":
-        assert a.reason and a.content == ""
+        assert a.reason and a.content == "" and not a.valid
     else:
-        assert a.content and a.content == " ".join(a.content.split())
+        assert a.content and a.content == " ".join(a.content.split()) and a.valid
         assert not any(tag in a.content for tag in ("<search>", "</search>", "<answer>", "</answer>"))
+    ref = parse_action(text)  # the reference's rules
+    assert ref.kind in ("search", "answer", "invalid") and 0 <= ref.end <= len(text)
+    assert ref.valid == (not ref.reason)
+    if ref.kind == "invalid":
+        assert not ref.valid and ref.content == ""
 
 
 @pytest.mark.parametrize("text, reason", [
@@ -154,8 +159,9 @@ def test_search_parse_never_raises(text):
     ("<answer><answer>Lima</answer></answer>", "nested tags in the <answer> block"),
 ])
 def test_search_nested_tags_are_invalid(text, reason):
-    a = parse_action(text)
+    a = parse_action(text, "ours")
     assert a.kind == "invalid" and a.reason == reason
+    assert not parse_action(text).valid  # the reference's rules: more than one tag
 
 
 # ----------------------------------------------------------------------------- fixtures

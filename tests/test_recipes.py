@@ -37,7 +37,8 @@ ENVS = {
     "alfworld": (ALGORITHMS, dict(batch=16, prompt=2048, response=512, steps=50, history=2, rows=256, kl=0.01,
                                   warmup=0.0, val=128, val_temperature=0.4)),
     "search": (ALGORITHMS, dict(batch=128, prompt=4096, response=512, steps=4, history=4, rows=256, kl=0.001,
-                                warmup=0.1, val=512, val_temperature=0)),
+                                warmup=0.1, val=None, val_batch=512, val_temperature=0, test_freq=150,
+                                val_before_train=False)),
     "webshop": (ALGORITHMS, dict(batch=16, prompt=4096, response=512, steps=15, history=2, rows=64, kl=0.01,
                                  warmup=0.0, val=128, val_temperature=0.4)),
 }
@@ -146,7 +147,10 @@ def test_gpu_recipes_compose_with_the_paper_hyperparameters(env, algorithm, poli
     assert cfg.data.train_batch_size == paper["batch"] and cfg.data.max_prompt_length == paper["prompt"]
     assert cfg.data.max_response_length == paper["response"]
     assert cfg.env.max_steps == paper["steps"] and cfg.env.history_length == paper["history"]
-    assert cfg.data.val_max_samples == paper["val"] == cfg.data.val_batch_size
+    # Search-QA: the whole test set (512 is the reference's validation batch), once, at the end
+    assert cfg.data.val_max_samples == paper["val"] and cfg.data.val_batch_size == paper.get("val_batch", paper["val"])
+    assert cfg.trainer.test_freq == paper.get("test_freq", 5)
+    assert cfg.trainer.val_before_train is paper.get("val_before_train", True)
     assert a.rollout.val_kwargs.temperature == paper["val_temperature"]
     assert a.rollout.val_kwargs.do_sample == (paper["val_temperature"] > 0)
     assert a.rollout.name == "vllm" and cfg.trainer.n_gpus_per_node == 8 and cfg.trainer.device == "cuda"

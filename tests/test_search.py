@@ -286,14 +286,48 @@ def test_reward_from_extra_fields():
 
 
 # ----------------------------------------------------------------------------- parsing
-def test_parse_action():
-    a = parse_action("<think>x</think><search> capital  of Peru </search> and then <answer>Lima</answer>")
-    assert a.kind == "search" and a.content == "capital of Peru"
+def test_parse_action_with_our_rules():
+    a = parse_action("<think>x</think><search> capital  of Peru </search> and then <answer>Lima</answer>", "ours")
+    assert a.kind == "search" and a.content == "capital of Peru" and a.valid  # ours: several blocks are fine
     assert a.end == len("<think>x</think><search> capital  of Peru </search>")
-    assert parse_action("<answer> Lima </answer>").content == "Lima"
-    assert parse_action("I think it is Lima").kind == "invalid"
-    assert parse_action("<answer>   </answer>").reason == "empty <answer> block"
+    assert parse_action("<answer> Lima </answer>", "ours").content == "Lima"
+    assert parse_action("I think it is Lima", "ours").kind == "invalid"
+    assert parse_action("<answer>   </answer>", "ours").reason == "empty <answer> block"
     assert information_block("Doc 1") == "\n\n<information>Doc 1</information>\n\n"
+
+
+@pytest.mark.parametrize("text, kind, content, valid, reason", [
+    # one block of either kind: valid (an empty block too)
+    ("<think>x</think><search> capital  of Peru </search>", "search", "capital  of Peru", True, ""),
+    ("<answer> Lima </answer>", "answer", "Lima", True, ""),
+    ("<ANSWER>Lima</Answer>", "answer", "Lima", True, ""),
+    ("<answer>   </answer>", "answer", "", True, ""),
+    # both tags: invalid, but the <search> block (first by the reference's order) still runs
+    ("<answer>Lima</answer> <search>Peru</search>", "search", "Peru", False, "both <search> and <answer> tags"),
+    ("<search> a </search> then <answer>Lima</answer>", "search", "a", False, "both <search> and <answer> tags"),
+    ("<search><answer>Lima</answer></search>", "search", "<answer>Lima</answer>", False,
+     "both <search> and <answer> tags"),
+    # two of one tag: invalid; the first block runs
+    ("<search>a</search><search>b</search>", "search", "a", False, "more than one <search> or <answer> tag"),
+    ("<answer>Lima</answer><answer>Quito</answer>", "answer", "Lima", False,
+     "more than one <search> or <answer> tag"),
+    # no complete block: invalid, nothing runs
+    ("I think it is Lima", "invalid", "", False, "no <search> or <answer> block"),
+    ("<search>unclosed", "invalid", "", False, "no <search> or <answer> block"),
+])
+def test_parse_action_with_the_references_rules(text, kind, content, valid, reason):
+    """verl-agent's ``search_projection`` (the authors' code): cut after the first ``</search>``, else
+    ``</answer>``; the first search block, else the first answer block; invalid with no block, both
+    tags, or more than one of either."""
+    a = parse_action(text)  # the default rules are the reference's
+    assert (a.kind, a.content, a.valid, a.reason) == (kind, content, valid, reason)
+    if kind != "invalid":
+        assert text[: a.end].lower().endswith(f"</{kind}>")
+
+
+def test_unknown_action_rules_are_refused():
+    with pytest.raises(ValueError, match="env.action_rules"):
+        parse_action("<answer>x</answer>", "strict")
 
 
 # ----------------------------------------------------------------------------- agent loop
@@ -364,7 +398,7 @@ def test_oracle_policy_wins_every_question_type_and_info_is_masked(tokenizer, qa
 def test_invalid_turns_are_flagged_penalised_and_bounded_by_max_steps(tokenizer, qa_dir):
     q = read_jsonl(qa_dir / "test.jsonl")[0]
     server = FakeServer(tokenizer, ["I do not know", "<answer></answer>", "still nothing", "nope"])
-    out = run_episode(lambda: make_search_loop(tokenizer, server, qa_dir), **kwargs_of(q))
+    out = run_episode(lambda: make_search_loop(tokenizer, server, qa_dir, action_rules="ours"), **kwargs_of(q))
     f = out.extra_fields
     assert len(server.prompts) == 4 and f["invalid_turns"] == 4 and not f["won"] and f["answer"] is None
     assert f["invalid_action_penalty"] == pytest.approx(0.04)
@@ -377,6 +411,23 @@ def test_invalid_turns_are_flagged_penalised_and_bounded_by_max_steps(tokenizer,
     assert score["score"] == 0.0 and float(trained.sum()) == pytest.approx(-0.04)
     masked = tokenizer.decode([t for t, m in zip(out.response_ids, out.response_mask, strict=True) if m == 0])
     assert masked.count("Invalid action") == 3  # a hint after each invalid turn but the last
+
+
+def test_multi_tag_responses_are_penalised_and_still_act_under_the_references_rules(tokenizer, qa_dir):
+    """The default ``env.action_rules=reference``: a response with both tags, or with two searches, is
+    an invalid turn (penalised) whose first search still runs; a lone answer ends the episode."""
+    q = read_jsonl(qa_dir / "test.jsonl")[0]
+    responses = ["<search> capital </search> <answer> Lima </answer>", "<search> a </search><search> b </search>",
+                 f"<answer> {q['golden_answers'][0]} </answer>"]
+    server = FakeServer(tokenizer, responses)
+    out = run_episode(lambda: make_search_loop(tokenizer, server, qa_dir), **kwargs_of(q))
+    f = out.extra_fields
+    assert f["searches"] == 2 and f["invalid_turns"] == 2 and f["won"]
+    assert f["invalid_action_penalty"] == pytest.approx(0.02)
+    assert "both <search> and <answer> tags" in f["invalid_reason"]
+    assert "more than one <search> or <answer> tag" in f["invalid_reason"]
+    masked = tokenizer.decode([t for t, m in zip(out.response_ids, out.response_mask, strict=True) if m == 0])
+    assert masked.count("<information>") == 2 and "Invalid action" not in masked  # both searches ran
 
 
 def test_response_budget_is_respected(tokenizer, qa_dir):
@@ -567,7 +618,8 @@ def test_turn_rows_oracle_one_row_per_turn_won_on_every_row(tokenizer, qa_dir):
         per_type.setdefault(q["task_type"], q)
     for task_type, q in sorted(per_type.items()):
         server = FakeServer(tokenizer, oracle(q, corpus, shown_as=r"</search>\n<information>(.*?)</information>"))
-        rows = run_episode(lambda server=server: make_turn_loop(tokenizer, server, qa_dir), **kwargs_of(q))
+        rows = run_episode(lambda server=server: make_turn_loop(tokenizer, server, qa_dir, action_rules="ours"),
+                           **kwargs_of(q))
         n = len(q["support"]) + 1
         assert isinstance(rows, list) and len(rows) == n == len(server.prompts)
         texts = prompt_texts(tokenizer, server)
@@ -590,6 +642,29 @@ def test_turn_rows_oracle_one_row_per_turn_won_on_every_row(tokenizer, qa_dir):
         assert "temperature" in server.sampling_params[0]
 
 
+def test_turn_rows_under_the_references_rules_keep_the_whole_response_and_penalise_multi_tag_ones(
+        tokenizer, qa_dir):
+    """The default ``env.action_rules=reference``: the row trains on the whole generation (nothing cut
+    after the closing tag); a response with a search and an answer is penalised, its search runs;
+    an empty answer is a valid (wrong) answer that ends the episode."""
+    q = read_jsonl(qa_dir / "test.jsonl")[0]
+    script = ["<search> capital of Peru </search> then more", "<search> Chile </search> <answer> Lima </answer>",
+              "<answer>  </answer>", "<answer> never asked </answer>"]
+    server = FakeServer(tokenizer, script)
+    rows = run_episode(lambda: make_turn_loop(tokenizer, server, qa_dir), **kwargs_of(q))
+    assert len(rows) == 3 == len(server.prompts)
+    assert [r.extra_fields["valid"] for r in rows] == [True, False, True]
+    assert [r.extra_fields["invalid_action_penalty"] for r in rows] == [0.0, 0.01, 0.0]
+    assert rows[1].extra_fields["invalid_reason"] == "both <search> and <answer> tags"
+    assert "then more" in tokenizer.decode(rows[0].response_ids)  # not cut
+    assert "<answer> Lima </answer>" in tokenizer.decode(rows[1].response_ids)
+    assert rows[1].extra_fields["action"] == "<search> Chile </search>"
+    f = rows[-1].extra_fields
+    assert f["searches"] == 2 and f["invalid_turns"] == 1 and f["answer"] == "" and not f["won"]
+    texts = prompt_texts(tokenizer, server)
+    assert "Turn 2: <search> Chile </search>" in texts[2]  # the invalid response's search ran
+
+
 def test_turn_rows_invalid_turns_penalised_per_row_and_the_turn_cap(tokenizer, qa_dir):
     from verl_sdar.advantages import penalise_rewards, row_penalties
 
@@ -597,7 +672,7 @@ def test_turn_rows_invalid_turns_penalised_per_row_and_the_turn_cap(tokenizer, q
     script = ["I do not know", "<think>x</think><search> capital of Peru </search> then more",
               "<answer>  </answer>", "<search> Chile </search>", "<answer> never asked </answer>"]
     server = FakeServer(tokenizer, script)
-    rows = run_episode(lambda: make_turn_loop(tokenizer, server, qa_dir), **kwargs_of(q))
+    rows = run_episode(lambda: make_turn_loop(tokenizer, server, qa_dir, action_rules="ours"), **kwargs_of(q))
     assert len(rows) == 4 == len(server.prompts)                          # env.max_steps turns, no more
     assert [r.extra_fields["valid"] for r in rows] == [False, True, False, True]
     assert [r.extra_fields["invalid_action_penalty"] for r in rows] == [0.01, 0.0, 0.01, 0.0]

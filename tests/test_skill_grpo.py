@@ -125,6 +125,56 @@ def test_teacher_source_passes_the_prompt_text_to_keyword_any():
     assert text.endswith(SkillLibrary.load(WEBSHOP_SKILLS).task_skills["sports"].text)
 
 
+def test_keyword_substring_finds_hat_in_that(tmp_path):
+    """The reference's substring rule on a library whose keyword is "hat": "that" matches it."""
+    (tmp_path / "general").mkdir()
+    (tmp_path / "general" / "01-read.md").write_text("Read the goal twice.")
+    (tmp_path / "task_types").mkdir()
+    (tmp_path / "task_types" / "fashion.md").write_text("Check the size option.")
+    (tmp_path / "mapping.yaml").write_text("task_types:\n  fashion: fashion.md\nkeywords:\n  hat: fashion\n")
+    library = SkillLibrary.load(tmp_path)
+    goal = "i want something that is blue"
+    substring = make_retriever("keyword_substring", library).retrieve(prompt=goal)
+    whole_word = make_retriever("keyword_any", library).retrieve(prompt=goal)
+    assert substring.task_types == ("fashion",) and "Check the size option." in substring.text
+    assert whole_word.task_types == () and "Check the size option." not in whole_word.text
+
+
+def test_keyword_substring_reads_the_whole_decoded_prompt_and_matches_substrings():
+    """The reference's WebShop rule: keywords are substrings of the lower-cased whole prompt, special
+    tokens kept, so "hat" matches "that" (and a category named only outside the last user message
+    still counts), while ``keyword_any`` matches whole words of the last user message."""
+    import torch
+
+    from verl_sdar.privileged import SkillSource, TeacherInputs
+    from verl_sdar.skills import KeywordSubstringRetriever
+
+    library = SkillLibrary.load(WEBSHOP_SKILLS)
+    retriever = make_retriever("keyword_substring", library)
+    assert isinstance(retriever, KeywordSubstringRetriever)
+    # "tea" in "steamer", "tent" in "Content": two categories no whole word names
+    assert library.substring_task_types("Content: a Steamer please") == ["grocery", "sports"]
+    assert library.matching_task_types("Content: a Steamer please") == []
+
+    decoded = {}
+
+    def decode(ids, keep_special=False):
+        decoded.setdefault("keep_special", []).append(keep_special)
+        return "<|im_start|>system\nBuy only what matches the goal: content first.<|im_end|>\n" \
+               "<|im_start|>user\ni need a blanket<|im_end|>"
+
+    rows = TeacherInputs(
+        extra_infos=[{"task_type": "home"}], prompts=[torch.tensor([1, 2])],
+        raw_prompts=[[{"role": "user", "content": "i need a blanket"}]], scores=None, real=[0], decode=decode,
+    )
+    (text,) = SkillSource(str(WEBSHOP_SKILLS), "keyword_substring").texts(rows)
+    assert decoded["keep_special"] == [True]  # the whole prompt, special tokens kept
+    # "tent" inside "content" (the system turn) adds sports; "blanket" (the user turn) home
+    assert library.task_skills["home"].text in text and library.task_skills["sports"].text in text
+    (any_text,) = SkillSource(str(WEBSHOP_SKILLS), "keyword_any").texts(rows)
+    assert library.task_skills["home"].text in any_text and library.task_skills["sports"].text not in any_text
+
+
 # ----------------------------------------------------------------------------- agent loops
 def make_loop(cls, tokenizer, server, env: dict, sdar: dict | None):
     """An agent loop with a minimal trainer config holding ``env`` and ``sdar`` blocks."""

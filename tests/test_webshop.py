@@ -14,7 +14,13 @@ from main_ppo_runner import assert_no_identical_group, by_step, run_main_ppo
 from verl_sdar.envs.turn_prompts import format_response
 from verl_sdar.envs.webshop.catalogue import build, type_nouns
 from verl_sdar.envs.webshop.env import Shop, WebShopEnv
-from verl_sdar.envs.webshop.reward import compute_score, option_matches, type_reward, webshop_reward
+from verl_sdar.envs.webshop.reward import (
+    compute_graded_score,
+    compute_score,
+    option_matches,
+    type_reward,
+    webshop_reward,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -112,10 +118,20 @@ def test_option_matching_normalises_colours():
     assert option_matches(["red"], ["blue"]) == 0
 
 
-def test_compute_score_scale_and_metrics():
-    s = compute_score("webshop", "", "", {"webshop_reward": 0.5, "task_type": "fashion", "bought": True})
+def test_compute_score_is_the_references_binary_reward_and_logs_the_graded_one():
+    # a near-perfect purchase (one of two options wrong: 3 of 4 parts matched) earns nothing to train on
+    near = compute_score("webshop", "", "", {"webshop_reward": 0.75, "task_type": "fashion", "bought": True})
+    assert near["score"] == 0.0 and near["webshop_score"] == 75.0 and near["success"] == 0.0
+    assert near["task_type"] == "fashion" and near["bought"] == 1.0
+    perfect = compute_score("webshop", "", "", {"webshop_reward": 1.0, "bought": True})
+    assert perfect["score"] == 10.0 and perfect["webshop_score"] == 100.0 and perfect["success"] == 1.0
+    assert compute_score("webshop", "", "", {})["score"] == 0.0  # no purchase
+
+
+def test_compute_graded_score_keeps_partial_credit():
+    s = compute_graded_score("webshop", "", "", {"webshop_reward": 0.5, "task_type": "fashion", "bought": True})
     assert s["score"] == 5.0 and s["webshop_score"] == 50.0 and s["success"] == 0.0 and s["task_type"] == "fashion"
-    assert compute_score("webshop", "", "", {"webshop_reward": 1.0})["success"] == 1.0
+    assert compute_graded_score("webshop", "", "", {"webshop_reward": 1.0})["score"] == 10.0
 
 
 # ----------------------------------------------------------------------------- env
@@ -203,7 +219,11 @@ def test_oracle_through_the_agent_loop_scores_10_on_every_turn_row(tokenizer, ca
     assert g["instruction_text"] in second and "already taken 1 step(s)" in second
 
 
-def test_malformed_and_inadmissible_actions_are_flagged_and_penalised(tokenizer, catalogue, goals):
+@pytest.mark.parametrize("penalise_inadmissible", [False, True], ids=["reference", "ours"])
+def test_malformed_actions_are_penalised_and_inadmissible_ones_flagged(tokenizer, catalogue, goals,
+                                                                        penalise_inadmissible):
+    """The reference penalises format errors only (default); ``env.penalise_inadmissible=true`` also
+    penalises a well-formatted action the page does not offer. Both flag it."""
     g = goals[2]
     responses = [
         "search for it please",                               # no tags
@@ -211,11 +231,14 @@ def test_malformed_and_inadmissible_actions_are_flagged_and_penalised(tokenizer,
         format_response("x", f"search[{g['query']}]"),        # fine
     ]
     server = FakeServer(tokenizer, responses)
-    outputs = run_episode(lambda: make_webshop_loop(tokenizer, server, catalogue, max_steps=3), **kwargs_of(g))
+    outputs = run_episode(lambda: make_webshop_loop(tokenizer, server, catalogue, max_steps=3,
+                                                    penalise_inadmissible=penalise_inadmissible), **kwargs_of(g))
     f = [o.extra_fields for o in outputs]
-    assert [x["valid"] for x in f] == [False, False, True]
-    assert "no_action_tags" in f[0]["invalid_reason"] and f[1]["invalid_reason"] == "inadmissible_action"
-    assert [x["invalid_action_penalty"] for x in f] == [0.1, 0.1, 0.0]
+    assert [x["inadmissible"] for x in f] == [False, True, False]
+    assert [x["valid"] for x in f] == [False, not penalise_inadmissible, True]
+    assert "no_action_tags" in f[0]["invalid_reason"]
+    assert f[1]["invalid_reason"] == ("inadmissible_action" if penalise_inadmissible else "")
+    assert [x["invalid_action_penalty"] for x in f] == [0.1, 0.1 if penalise_inadmissible else 0.0, 0.0]
     assert not f[-1]["won"] and f[-1]["webshop_reward"] == 0.0 and not f[-1]["bought"]
 
 

@@ -30,7 +30,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .skills import PROMPT_STRATEGIES, STATELESS_STRATEGIES, Retrieval, SkillLibrary, make_retriever
+from .skills import (
+    PROMPT_STRATEGIES,
+    STATELESS_STRATEGIES,
+    WHOLE_PROMPT_STRATEGIES,
+    Retrieval,
+    SkillLibrary,
+    make_retriever,
+)
 from .teacher import RAW_PREFIX_HEADER, privileged_texts, raw_prefix_text
 
 
@@ -44,7 +51,8 @@ class TeacherInputs:
         raw_prompts: each row's chat messages, when stored (``raw_prompt``), else None.
         scores: each row's summed reward, when known, else None.
         real: positions of the rows that are not verl's batch-balancing padding clones.
-        decode: turns prompt ids into text (a tokenizer's ``decode``).
+        decode: turns prompt ids into text (a tokenizer's ``decode``): ``decode(ids)`` without special
+            tokens, ``decode(ids, keep_special=True)`` with them.
     """
 
     extra_infos: list
@@ -52,7 +60,7 @@ class TeacherInputs:
     raw_prompts: list | None
     scores: list[float] | None
     real: list[int]
-    decode: Callable[[list[int]], str]
+    decode: Callable[..., str]
 
 
 def _last_user_text(messages) -> str | None:
@@ -133,7 +141,9 @@ class SkillSource(PrivilegedSource):
             info = rows.extra_infos[i]
             task_type = info.get(self.task_type_key) if isinstance(info, dict) else None
             prompt_text = None
-            if self.strategy in PROMPT_STRATEGIES:
+            if self.strategy in WHOLE_PROMPT_STRATEGIES:
+                prompt_text = rows.decode(rows.prompts[i].tolist(), keep_special=True)
+            elif self.strategy in PROMPT_STRATEGIES:
                 prompt_text = _last_user_text(rows.raw_prompts[i]) if rows.raw_prompts is not None else None
                 if prompt_text is None:
                     prompt_text = rows.decode(rows.prompts[i].tolist())

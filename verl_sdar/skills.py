@@ -65,6 +65,10 @@ teacher's ``PrivilegedBlocks`` tokenises each distinct composition once.
 * ``keyword_any``: general skills + the skill of *every* task type any of whose keywords occurs in
   the prompt text, in mapping order (the reference's prompt-keyword rule, its default for WebShop;
   ours: a skill file shared by several matched task types appears once);
+* ``keyword_substring``: as ``keyword_any``, but a keyword matches as a plain substring of the
+  lower-cased text, whatever the layout, and the teacher reads the *whole* decoded student prompt
+  (special tokens kept) instead of its last user message: the reference's rule exactly
+  (``SkillProvider.get_privileged_info_from_prompt``), so "hat" matches "that";
 * ``full``:        general skills + every task-type skill;
 * ``random``:      general skills + one task-type skill drawn uniformly by a seeded RNG;
 * ``ucb``:         general skills + the task-type skill chosen by a UCB1 bandit kept per task type.
@@ -102,9 +106,11 @@ __all__ = [
     "REFERENCE_MAPPING_FILE",
     "STATELESS_STRATEGIES",
     "STRATEGIES",
+    "WHOLE_PROMPT_STRATEGIES",
     "FullRetriever",
     "KeywordAnyRetriever",
     "KeywordRetriever",
+    "KeywordSubstringRetriever",
     "RandomRetriever",
     "Retrieval",
     "Retriever",
@@ -157,9 +163,10 @@ class Retrieval:
             happens only for a library without general skills and a row without a task-type skill).
         skill_ids: ids of the skills in ``text``, in the order rendered.
         task_type: the task type the choice was made for; ``None`` when none was known or used
-            (always ``None`` for ``full`` and ``random``; ``keyword_any``: the matched task type
-            when exactly one matched, else ``None``).
-        task_types: ``keyword_any``: every matched task type, in the order their skills appear.
+            (always ``None`` for ``full`` and ``random``; ``keyword_any``/``keyword_substring``: the
+            matched task type when exactly one matched, else ``None``).
+        task_types: ``keyword_any``/``keyword_substring``: every matched task type, in the order
+            their skills appear.
     """
 
     text: str
@@ -483,6 +490,12 @@ class SkillLibrary:
             return [t for t, words in self.task_keywords.items() if any(w in lowered for w in words)]
         return [t for t, pattern in self._type_res.items() if pattern.search(text)]
 
+    def substring_task_types(self, text: str) -> list[str]:
+        """Every task type any of whose keywords is a substring of the lower-cased ``text``, in mapping
+        order, in either layout (the reference's rule: "hat" matches "that")."""
+        lowered = text.lower()
+        return [t for t, words in self.task_keywords.items() if any(w in lowered for w in words)]
+
     def infer_task_type(self, text: str) -> str | None:
         """The task type of the first keyword occurring in ``text`` (rules: module docstring)."""
         if self.layout == "reference":
@@ -612,10 +625,13 @@ class KeywordAnyRetriever(Retriever):
 
     strategy = "keyword_any"
 
+    def _matching(self, prompt: str) -> list[str]:
+        return self.library.matching_task_types(prompt)
+
     def _retrieve(self, prompt: str | None, task_type: str | None) -> Retrieval:
         if prompt is None:
-            raise TypeError("keyword_any retrieval needs the row's prompt text (prompt=...)")
-        matched = self.library.matching_task_types(prompt)
+            raise TypeError(f"{self.strategy} retrieval needs the row's prompt text (prompt=...)")
+        matched = self._matching(prompt)
         if not matched:
             self.unknown[None] += 1
             return self.library.retrieval(self.library.general, None)
@@ -624,6 +640,16 @@ class KeywordAnyRetriever(Retriever):
             chosen = list({s.skill_id: s for s in chosen}.values())
         single = matched[0] if len(matched) == 1 else None
         return self.library.retrieval((*self.library.general, *chosen), single, matched)
+
+
+class KeywordSubstringRetriever(KeywordAnyRetriever):
+    """``keyword_any`` with the reference's matching: every task type any of whose keywords is a
+    substring of the lower-cased prompt (``SkillLibrary.substring_task_types``)."""
+
+    strategy = "keyword_substring"
+
+    def _matching(self, prompt: str) -> list[str]:
+        return self.library.substring_task_types(prompt)
 
 
 class FullRetriever(Retriever):
@@ -812,10 +838,13 @@ class UCBRetriever(Retriever):
         return _Arms(pulls=list(pulls), reward_sum=[float(s) for s in sums])
 
 
-STRATEGIES = ("task_type", "keyword", "keyword_any", "full", "random", "ucb")
-PROMPT_STRATEGIES = ("keyword", "keyword_any")
+STRATEGIES = ("task_type", "keyword", "keyword_any", "keyword_substring", "full", "random", "ucb")
+PROMPT_STRATEGIES = ("keyword", "keyword_any", "keyword_substring")
 """Strategies that read the row's prompt text (``retrieve(prompt=...)``)."""
-STATELESS_STRATEGIES = ("task_type", "keyword", "keyword_any", "full")
+WHOLE_PROMPT_STRATEGIES = ("keyword_substring",)
+"""Prompt strategies whose teacher reads the whole decoded prompt, special tokens kept (the
+reference's), not the last user message."""
+STATELESS_STRATEGIES = ("task_type", "keyword", "keyword_any", "keyword_substring", "full")
 """Strategies whose choice depends on the row alone (no RNG, no learnt statistics)."""
 
 
@@ -828,6 +857,8 @@ def make_retriever(strategy: str, library: SkillLibrary, *, seed: int = 0, ucb_c
         return KeywordRetriever(library)
     if strategy == "keyword_any":
         return KeywordAnyRetriever(library)
+    if strategy == "keyword_substring":
+        return KeywordSubstringRetriever(library)
     if strategy == "full":
         return FullRetriever(library)
     if strategy == "random":

@@ -67,7 +67,9 @@ class SkillsConfig:
             ``codeword``, ``search``, ``webshop``; found in each process's own installation, see
             ``verl_sdar.resources``), or a folder (``general/``, ``task_types/``, ``mapping.yaml``;
             or the authors' layout, ``skill_mapping.json`` + markdown files). Checked at start-up.
-        strategy: ``task_type`` | ``keyword`` | ``keyword_any`` | ``full`` | ``random`` | ``ucb``.
+        strategy: ``task_type`` | ``keyword`` | ``keyword_any`` | ``keyword_substring`` (the
+            reference's: keyword substrings of the whole decoded prompt) | ``full`` | ``random`` |
+            ``ucb``.
         task_type_key: ``extra_info`` field naming a row's task type (``task_type``/``ucb``).
         seed: RNG seed of ``random``.
         ucb_c: exploration constant of ``ucb``.

@@ -52,7 +52,8 @@ field (constant)                   writers / readers
 ``retrieval_seconds``
 ``webshop_reward``, ``bought``     W: WebShop loop (episode fields).  R: WebShop reward
 ``valid_action``                   W: an env's step ``info`` (WebShop: ``False`` for a refused action).
-(``VALID_ACTION``)                 R: turn loops (the turn is then invalid)
+(``VALID_ACTION``)                 R: turn loops (the turn is invalid with ``env.penalise_inadmissible``)
+``inadmissible`` (``INADMISSIBLE``) W: turn loops, per row: the env refused the action.  R: logs, tests
 ``reward_extra_info``              W: agent loops (``{}``, verl's field).  R: verl
 (``REWARD_EXTRA_INFO``)
 ``success`` (``SUCCESS``)          W: reward functions' extra output (0/1).  R: trainer validation
@@ -105,6 +106,7 @@ BOUGHT = "bought"
 
 # an env's step info
 VALID_ACTION = "valid_action"
+INADMISSIBLE = "inadmissible"
 
 # reward functions: extra outputs
 SUCCESS = "success"

@@ -59,6 +59,7 @@ from verl_sdar.envs.contract import (
     EPISODE_SECONDS,
     EPISODE_STEPS,
     ERROR_KIND,
+    INADMISSIBLE,
     INVALID_ACTION_PENALTY,
     INVALID_REASON,
     NUM_TURNS_TOTAL,
@@ -83,6 +84,9 @@ TURN_DEFAULTS: dict[str, Any] = {
     "history_length": 2,
     "invalid_action_penalty_coef": 0.1,
     "use_invalid_action_penalty": True,
+    # a well-formatted action the env refuses (not admissible on the page): penalised like a
+    # malformed one (true), or only flagged (false: the reference's, which penalises format errors only)
+    "penalise_inadmissible": False,
     "step_timeout_s": 60.0,
     "reset_timeout_s": 120.0,
 }
@@ -149,8 +153,9 @@ class TurnRowAgentLoop(EnvAgentLoop):
     def step(self, env: Any, action: str) -> tuple[str, bool, bool, list[str], dict]:
         """``(next observation, done, won, admissible actions, info)``; runs in the env thread.
 
-        ``info["valid_action"] = False`` marks a well-formatted action the env refused: the turn is
-        then invalid (``inadmissible_action``) and penalised like a malformed one."""
+        ``info["valid_action"] = False`` marks a well-formatted action the env refused: the row is
+        flagged (``inadmissible``), and with ``env.penalise_inadmissible`` also invalid
+        (``inadmissible_action``) and penalised like a malformed one."""
         raise NotImplementedError
 
     def prompt(self, task: str, observation: str, admissible: list[str], history: list[tuple[str, str]],
@@ -268,8 +273,9 @@ class TurnRowAgentLoop(EnvAgentLoop):
                 if turn + 1 >= self.max_steps:
                     done = True
                 valid, reason = projection.valid, projection.reason
-                if step_error is None and last_info.get(VALID_ACTION) is False:
-                    # well formatted, but the env refused it (not admissible here)
+                refused = step_error is None and last_info.get(VALID_ACTION) is False  # not admissible here
+                inadmissible = refused and projection.valid  # well formatted, but refused
+                if refused and self.settings["penalise_inadmissible"]:
                     valid, reason = False, ",".join(r for r in (reason, "inadmissible_action") if r)
 
                 metrics["num_preempted"] = generated.num_preempted if generated.num_preempted is not None else -1
@@ -288,6 +294,7 @@ class TurnRowAgentLoop(EnvAgentLoop):
                             TURN: turn,
                             ACTION: projection.action,
                             VALID: valid,
+                            INADMISSIBLE: inadmissible,
                             INVALID_REASON: reason,
                             INVALID_ACTION_PENALTY: 0.0 if valid else self.penalty,
                             WON: won,  # updated on every row below once the episode ends

@@ -23,6 +23,9 @@ DEFAULTS: dict[str, Any] = {
     "history_length": 4,
     "invalid_action_penalty_coef": 0.01,
     "use_invalid_action_penalty": True,
+    # which responses are invalid, and whether the turn-row loop cuts after the action
+    # (verl_sdar.envs.search.prompts: "reference", the authors' rules, or "ours")
+    "action_rules": "reference",
     # timeout_s: per HTTP request (or BM25 search); retries: of a failed HTTP request;
     # health_check: probe url when the run starts (verl_sdar.config.check_retriever)
     "retriever": {"url": None, "corpus_path": None, "topk": 3, "timeout_s": 30.0, "retries": 2, "health_check": True},
@@ -76,6 +79,16 @@ def open_retriever(settings: dict[str, Any]) -> tuple[Retriever, int, float]:
     opened = get_retriever(retriever.get("url"), retriever.get("corpus_path"), timeout_s, int(retriever["retries"]))
     # the search call waits for every try of the HTTP client and its back-off
     return opened, int(retriever["topk"]), getattr(opened, "max_wait_s", timeout_s)
+
+
+def action_rules(settings: dict[str, Any]) -> str:
+    """``env.action_rules``, checked (``verl_sdar.envs.search.prompts.ACTION_RULES``)."""
+    from verl_sdar.envs.search.prompts import ACTION_RULES
+
+    rules = settings["action_rules"]
+    if rules not in ACTION_RULES:
+        raise ValueError(f"env.action_rules must be one of {ACTION_RULES}, got {rules!r}")
+    return rules
 
 
 def turn_rows_selected(kwargs: dict[str, Any]) -> bool:

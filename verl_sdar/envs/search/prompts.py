@@ -2,8 +2,23 @@
 
 The agent writes ``<think>...</think>`` then one action: ``<search> query </search>`` (the results
 come back in ``<information>...</information>``) or ``<answer> text </answer>`` (ends the episode).
-Only the first action of a response counts; whatever the model writes after its closing tag is
-dropped from the trajectory (the loop cuts the tokens there), as Search-R1 stops generation at it.
+
+Which action a response holds and whether it counts as invalid (penalised) follows one of two rule
+sets, ``env.action_rules`` (:func:`parse_action`):
+
+* ``reference`` (default; verl-agent's ``search_projection``, the authors' code): the response is
+  cut after its first ``</search>``, else after its first ``</answer>``; the action is the first
+  ``<search>`` block of that prefix, else its first ``<answer>`` block (tags case-insensitive,
+  content stripped, empty allowed). The response is *invalid* when it has no block, holds both an
+  ``<search>`` and an ``<answer>`` tag, or more than one of either; an invalid response's action
+  still runs when one was found. The turn-row loop trains on the whole response.
+* ``ours``: the first complete block; empty content or content holding an action tag (nested
+  tags) is invalid and runs nothing; multiple blocks are allowed (the first counts). Whatever the
+  model writes after the action's closing tag is cut from the row (Search-R1 stops generation
+  there).
+
+The single-row loop cuts after the action in both: the episode grows inside one assistant
+message, so text after the action would sit between the action and its results.
 
 Two prompt styles:
 
@@ -34,6 +49,9 @@ INVALID_FEEDBACK = (
 )
 _ACTION = re.compile(r"<(search|answer)>(.*?)</\1>", re.DOTALL)
 _TAG = re.compile(r"</?(search|answer)>")
+_REF_BLOCK = {kind: re.compile(rf"<{kind}>(.*?)</{kind}>", re.IGNORECASE | re.DOTALL) for kind in ("search", "answer")}
+_REF_OPEN = {kind: re.compile(rf"<{kind}>", re.IGNORECASE) for kind in ("search", "answer")}
+ACTION_RULES = ("reference", "ours")
 
 
 def build_prompt(question: str, max_turns: int) -> str:
@@ -42,24 +60,63 @@ def build_prompt(question: str, max_turns: int) -> str:
 
 @dataclass(frozen=True)
 class Action:
-    kind: str  # "search" | "answer" | "invalid"
+    """What a response does. ``kind``: ``"search"`` | ``"answer"`` | ``"invalid"`` (no action to
+    run); ``end``: the character offset just after the action's closing tag (``len(text)`` when
+    none); ``valid``: False when the response is penalised (always for ``"invalid"``; with the
+    reference's rules also for a multi-tag response whose first action still runs); ``reason``:
+    why it is invalid."""
+
+    kind: str
     content: str
-    end: int  # character offset just after the action's closing tag (len(text) when invalid)
+    end: int
     reason: str = ""
+    valid: bool = True
 
 
-def parse_action(text: str) -> Action:
-    """The first complete ``<search>``/``<answer>`` block of ``text``; empty content, or content
-    holding an action tag itself (nested tags), is invalid."""
+def parse_action(text: str, rules: str = "reference") -> Action:
+    """The action of a response under ``rules`` (``ACTION_RULES``; module docstring)."""
+    if rules == "reference":
+        return _parse_reference(text)
+    if rules != "ours":
+        raise ValueError(f"env.action_rules must be one of {ACTION_RULES}, got {rules!r}")
     match = _ACTION.search(text)
     if match is None:
-        return Action("invalid", "", len(text), "no <search> or <answer> block")
+        return Action("invalid", "", len(text), "no <search> or <answer> block", valid=False)
     content = " ".join(match.group(2).split())
     if not content:
-        return Action("invalid", "", match.end(), f"empty <{match.group(1)}> block")
+        return Action("invalid", "", match.end(), f"empty <{match.group(1)}> block", valid=False)
     if _TAG.search(content):
-        return Action("invalid", "", match.end(), f"nested tags in the <{match.group(1)}> block")
+        return Action("invalid", "", match.end(), f"nested tags in the <{match.group(1)}> block", valid=False)
     return Action(match.group(1), content, match.end())
+
+
+def _parse_reference(text: str) -> Action:
+    lowered = text.lower()
+    cut = len(text)
+    for closing in ("</search>", "</answer>"):
+        at = lowered.find(closing)
+        if at >= 0:
+            cut = at + len(closing)
+            break
+    prefix = text[:cut]
+    found = None
+    for kind in ("search", "answer"):
+        match = _REF_BLOCK[kind].search(prefix)
+        if match is not None:
+            found = (kind, match.group(1).strip(), match.end())
+            break
+    counts = {kind: len(_REF_OPEN[kind].findall(text)) for kind in ("search", "answer")}
+    reason = ""
+    if found is None:
+        reason = "no <search> or <answer> block"
+    elif counts["search"] and counts["answer"]:
+        reason = "both <search> and <answer> tags"
+    elif counts["search"] > 1 or counts["answer"] > 1:
+        reason = "more than one <search> or <answer> tag"
+    if found is None:
+        return Action("invalid", "", len(text), reason, valid=False)
+    kind, content, end = found
+    return Action(kind, content, end, reason, valid=not reason)
 
 
 def information_block(results: str) -> str:

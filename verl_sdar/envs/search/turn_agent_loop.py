@@ -13,12 +13,15 @@ retrieved documents inside ``<information>``). The response is parsed like the s
 * ``<search> q </search>``: the retriever's top-k passages become the observation shown in the
   following prompts (not retrieved on the last turn: no prompt would show them);
 * ``<answer> a </answer>``: the episode ends; ``a`` is scored by exact match;
-* anything else (no block, or an empty one): an invalid turn. The episode goes on; the row carries
-  ``extra_fields["invalid_action_penalty"] = env.invalid_action_penalty_coef`` (0.01), which the
-  SDAR trainer subtracts from that row's reward (:mod:`verl_sdar.advantages`, the only place).
+* no action: nothing runs; the next prompt shows the invalid-action hint.
 
-Tokens after a valid action's closing tag are cut from the row's response (Search-R1 stops
-generation there). A response longer than the rollout's ``response_length`` is cut to it.
+An invalid response (``env.action_rules``, :mod:`.prompts`: by default the reference's, no block,
+both tags, or more than one of either; ``ours``: no block, an empty or a nested one) carries
+``extra_fields["invalid_action_penalty"] = env.invalid_action_penalty_coef`` (0.01), which the
+SDAR trainer subtracts from that row's reward (:mod:`verl_sdar.advantages`, the only place); the
+episode goes on. With the reference's rules the row's response is the whole generation; with
+``ours`` the tokens after the action's closing tag are cut (Search-R1 stops generation there). A
+response longer than the rollout's ``response_length`` is cut to it.
 
 One :class:`AgentLoopOutput` per turn (at most ``env.max_steps``): prompt = that turn's prompt
 (never longer than the rollout's ``prompt_length``: the oldest shown turns are dropped first, then
@@ -31,7 +34,8 @@ episode (:mod:`verl_sdar.envs.turn_loop`). Train with ``algorithm.adv_estimator=
 statistics over every turn row of a group, as verl-agent does).
 
 Configuration: as the single-row loop (``max_steps`` 4, ``history_length`` 4,
-``invalid_action_penalty_coef`` 0.01, ``use_invalid_action_penalty``, ``retriever``); any
+``invalid_action_penalty_coef`` 0.01, ``use_invalid_action_penalty``, ``action_rules``
+``reference``, ``retriever``); any
 ``history_length`` >= 0 is allowed here.
 """
 
@@ -66,7 +70,7 @@ from verl_sdar.envs.contract import (
     WON,
 )
 from verl_sdar.envs.search.loop_common import DEFAULTS as EPISODE_DEFAULTS
-from verl_sdar.envs.search.loop_common import cut_after, open_retriever, retrieve
+from verl_sdar.envs.search.loop_common import action_rules, cut_after, open_retriever, retrieve
 from verl_sdar.envs.search.prompts import (
     Turn,
     clip_text,
@@ -94,6 +98,7 @@ class SearchTurnAgentLoop(TurnRowAgentLoop):
         if self.max_steps < 1:
             raise ValueError(f"env.max_steps must be >= 1, got {self.max_steps}")
         self.retriever, self.topk, self.retrieval_timeout = open_retriever(self.settings)
+        self.action_rules = action_rules(self.settings)
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -176,8 +181,9 @@ class SearchTurnAgentLoop(TurnRowAgentLoop):
             # an empty list (nothing generated) still means log-probs were asked for: keep a list
             logprobs = list(generated.log_probs)[: len(ids)] if generated.log_probs is not None else None
             text = await self.loop.run_in_executor(None, self._decode, ids)
-            action = parse_action(text)
-            if action.kind != "invalid":  # drop what follows the action's closing tag
+            action = parse_action(text, self.action_rules)
+            # ours: drop what follows the action's closing tag (the reference trains on the whole response)
+            if self.action_rules == "ours" and action.kind != "invalid":
                 keep = await self.loop.run_in_executor(None, cut_after, self._decode, ids, action.end, len(text))
                 ids = ids[:keep]
                 logprobs = logprobs[:keep] if logprobs is not None else None
@@ -198,15 +204,16 @@ class SearchTurnAgentLoop(TurnRowAgentLoop):
                     fault = fault or kind
                     entry = search_turn(action.content, results)
             else:
-                invalid += 1
                 action_text = ""
                 entry = invalid_turn(action.reason)
+            if not action.valid:
+                invalid += 1
 
             mask = [1] * len(ids)
             if not ids:  # nothing generated: one masked filler token keeps the row well formed
                 ids, mask = [self.filler_token_id()], [0]
                 logprobs = [0.0] if logprobs is not None else None
-            valid = action.kind != "invalid"
+            valid = action.valid
             metrics["num_preempted"] = generated.num_preempted if generated.num_preempted is not None else -1
             outputs.append(
                 AgentLoopOutput(

@@ -3,18 +3,23 @@
 Each dataset row carries its goal (``extra_info.goal``, JSON); the loop plays it in a
 :class:`~verl_sdar.envs.webshop.env.WebShopEnv` over the catalogue in ``env.catalogue_dir``
 (loaded and indexed once per process). Episode mechanics (turn rows, invalid-action penalty, env
-thread, failures) are those of :class:`verl_sdar.envs.turn_loop.TurnRowAgentLoop`; an action that
-is well formatted but not admissible on the current page also counts as invalid.
+thread, failures) are those of :class:`verl_sdar.envs.turn_loop.TurnRowAgentLoop`. An action that
+is well formatted but not admissible on the current page changes nothing and is flagged
+(``inadmissible``); as in the reference (which penalises format errors only) it is not penalised
+unless ``env.penalise_inadmissible=true``.
 
 When the agent buys, WebShop's reward is written on every turn row (``webshop_reward``) and
-:func:`verl_sdar.envs.webshop.reward.compute_score` turns it into the score (10 x reward).
+:func:`verl_sdar.envs.webshop.reward.compute_score` turns it into the score (10 for a perfect purchase,
+else 0; ``compute_graded_score``: 10 x reward).
 
 Configuration (top-level ``env`` block): ``max_steps`` (15), ``history_length`` (2),
-``invalid_action_penalty_coef`` (0.1), ``use_invalid_action_penalty`` (true), ``catalogue_dir``
-(the folder written by ``python -m verl_sdar.envs.webshop.catalogue``).
+``invalid_action_penalty_coef`` (0.1), ``use_invalid_action_penalty`` (true),
+``penalise_inadmissible`` (false), ``catalogue_dir`` (the folder written by
+``python -m verl_sdar.envs.webshop.catalogue``).
 
 Skill-GRPO (``algorithm=skill_grpo``): every user message starts with the row's skills
-(``sdar.skills``; strategy ``keyword_any``, the reference's rule, matches the goal text), see
+(``sdar.skills``; the GPU recipes' strategy ``keyword_substring``, the reference's rule, matches
+the prompt text), see
 :class:`~verl_sdar.envs.turn_loop.TurnRowAgentLoop`.
 """
 

@@ -18,10 +18,19 @@ downloaded here), and "fuzzy ratio > 85" is a token-set match (one side's words 
 other's, i.e. ratio 100), which on the generated closed vocabulary is the same test.
 
 Score (the paper's WebShop metric) = mean reward x 100; Acc = share of episodes with reward 1.
-verl's score for an episode is ``10 x reward`` (10 for a perfect purchase, as ALFWorld's success).
+
+The training score (verl's ``score``), two reward functions of this module:
+
+* :func:`compute_score` (the recipes' default, the reference's): ``10 x [reward == 1]``, 10 for a
+  perfect purchase and 0 for anything else, as ALFWorld's success. The authors' verl-agent fork
+  trains on this binary reward and only logs the graded one.
+* :func:`compute_graded_score`: ``10 x reward``, partial credit for partly right purchases.
+
+Both log the graded reward (``webshop_score`` = 100 x reward, the paper's Score), ``success`` (Acc)
+and the training score, whichever trains::
 
     reward.custom_reward_function.path=pkg://verl_sdar.envs.webshop.reward
-    reward.custom_reward_function.name=compute_score
+    reward.custom_reward_function.name=compute_score          # or compute_graded_score
 """
 
 from __future__ import annotations
@@ -98,15 +107,27 @@ def webshop_reward(product: Mapping, goal: Mapping, chosen_options: Mapping[str,
             "r_option": n_opt / max(len(goal["goal_options"]), 1), "r_price": r_price, **r_type}
 
 
-def compute_score(data_source=None, solution_str=None, ground_truth=None, extra_info=None, **kwargs) -> dict:
+def _scores(extra_info, graded: bool) -> dict:
     info = extra_info or {}
     reward = float(info.get(WEBSHOP_REWARD, 0.0) or 0.0)
+    success = reward >= 1.0  # WebShop's reward is at most 1: a perfect purchase
     return {
-        "score": SCALE * reward,
+        "score": SCALE * (reward if graded else float(success)),
         "webshop_score": 100.0 * reward,   # the paper's Score (mean over episodes)
-        SUCCESS: float(reward >= 1.0),     # the paper's Acc
+        SUCCESS: float(success),           # the paper's Acc
         BOUGHT: float(bool(info.get(BOUGHT, False))),
         EPISODE_STEPS: float(info.get(EPISODE_STEPS, 0) or 0),
         # a string: verl's own statistics skip it; the SDAR trainer reports success per category
         TASK_TYPE: str(info.get(TASK_TYPE) or "unknown"),
     }
+
+
+def compute_score(data_source=None, solution_str=None, ground_truth=None, extra_info=None, **kwargs) -> dict:
+    """The reference's binary training score: ``10`` for a purchase whose WebShop reward is 1, else 0."""
+    return _scores(extra_info, graded=False)
+
+
+def compute_graded_score(data_source=None, solution_str=None, ground_truth=None, extra_info=None,
+                         **kwargs) -> dict:
+    """The graded training score ``10 x reward`` (partial credit)."""
+    return _scores(extra_info, graded=True)
