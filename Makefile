@@ -13,6 +13,10 @@ WORK ?= .work
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.verl-sdar-installed
 PYTEST_ARGS ?=
+# Test files run side by side in TEST_WORKERS processes (pytest-xdist; a file's tests stay in one
+# process, so module fixtures run once). 2 fits the 2-core CI machine; TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadfile)
 
 .PHONY: install test test-fast lint demo clean install-vllm test-vllm
 
@@ -28,10 +32,10 @@ $(STAMP): setup.py
 	touch $@
 
 test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q $(XDIST) $(PYTEST_ARGS) tests
 
 test-fast: install
-	$(PY) -m pytest -q -m "unit or envs" $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -m "unit or envs" $(XDIST) $(PYTEST_ARGS) tests
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -93,7 +93,7 @@ setup(
         "pyarrow",
     ],
     extras_require={
-        "test": ["pytest>=8", "ruff", "hypothesis"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff", "hypothesis"],
         "alfworld": ["alfworld==0.4.2"],
         # offline Search-QA: BM25 in process; the corpus is built from countryinfo's data (pinned:
         # the generated set must not change under us)

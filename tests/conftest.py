@@ -17,19 +17,26 @@ Tiers: every test gets exactly one of ``unit``, ``envs``, ``e2e`` or ``vllm`` (`
   e2e rule below although its tests run main_ppo, so ``-m vllm`` selects all of them.
 
 The tier of a test is the one ``TEST_TIERS`` gives it, else ``e2e`` when it calls the main_ppo
-runner (``run_main_ppo``), names ``verl.trainer.main_ppo`` in its code or uses a Ray fixture
-(``RAY_FIXTURES``), else its module's (``MODULE_TIERS``). A test module missing from
+runner (``run_main_ppo``) or names ``verl.trainer.main_ppo`` in its code (itself, through a function
+of its module it calls, or in a fixture it uses) or uses a Ray fixture (``RAY_FIXTURES``), else its
+module's (``MODULE_TIERS``). A test module missing from
 ``MODULE_TIERS`` fails the collection: classify new test files here.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import types
 from pathlib import Path
 
 import pytest
+
+# Every Ray start of the suite is a cluster of its own: with test files running side by side
+# (``make test`` runs ``pytest -n 2``), a bare ``ray.init()`` must never join another test's cluster
+# (the multi-node test's ``ray start``). ``local`` always starts a new one; a value you set wins.
+os.environ.setdefault("RAY_ADDRESS", "local")
 
 ALFWORLD_SMALL_ARGS = ["--n-train", "12", "--n-eval-seen", "12", "--n-eval-unseen", "12", "--seed", "0",
                        "--no-initial-state", "--quiet"]
@@ -122,13 +129,33 @@ def _code_objects(code: types.CodeType):
             yield from _code_objects(const)
 
 
-def _runs_main_ppo(function) -> bool:
-    """The test calls the main_ppo runner or spells out ``python -m verl.trainer.main_ppo``."""
+def _runs_main_ppo(function, depth: int = 3) -> bool:
+    """The function calls the main_ppo runner or spells out ``python -m verl.trainer.main_ppo``,
+    itself or through a function of its own test module that it calls by name (``depth`` levels)."""
+    function = getattr(function, "__wrapped__", function)
     code = getattr(function, "__code__", None)
     if code is None:
         return False
+    module_globals = getattr(function, "__globals__", {})
     for c in _code_objects(code):
         if MAIN_PPO_NAMES & set(c.co_names) or any(isinstance(k, str) and k == MAIN_PPO_MODULE for k in c.co_consts):
+            return True
+        if depth > 0:
+            for name in c.co_names:
+                helper = module_globals.get(name)
+                if (isinstance(helper, types.FunctionType) and helper is not function
+                        and helper.__module__ == function.__module__ and _runs_main_ppo(helper, depth - 1)):
+                    return True
+    return False
+
+
+def _fixtures_run_main_ppo(item: pytest.Item) -> bool:
+    """A fixture the test uses (directly or through other fixtures) runs main_ppo."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    for definitions in info.name2fixturedefs.values():
+        if any(_runs_main_ppo(d.func) for d in definitions):
             return True
     return False
 
@@ -140,7 +167,8 @@ def tier_of(item: pytest.Item) -> str | None:
         return listed
     if MODULE_TIERS.get(name) in MODULE_ONLY_TIERS:
         return MODULE_TIERS[name]
-    if RAY_FIXTURES & set(getattr(item, "fixturenames", ())) or _runs_main_ppo(getattr(item, "function", None)):
+    if (RAY_FIXTURES & set(getattr(item, "fixturenames", ())) or _runs_main_ppo(getattr(item, "function", None))
+            or _fixtures_run_main_ppo(item)):
         return "e2e"
     return MODULE_TIERS.get(name)
 

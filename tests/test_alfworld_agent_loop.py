@@ -324,7 +324,9 @@ def test_dataset_rows(tmp_path, alfworld_small):
 def test_one_sdar_step_through_main_ppo(tmp_path, alfworld_small):
     """One SDAR step (plus validation before it) of verl's real main_ppo on CPU with the tiny model
     on the shipped small ALFWorld set, 3 env steps per episode, under ``full_determinism``. Half of
-    the games carry privileged text, so the teacher pass sees different prompts for their turn rows."""
+    the games carry privileged text, so the teacher pass sees different prompts for their turn rows.
+    Turn-row GRPO runs with KL in the reward and token-level rollout importance weights on: verl's
+    own steps run around ours (their metrics appear)."""
 
     import pandas as pd
 
@@ -344,6 +346,7 @@ def test_one_sdar_step_through_main_ppo(tmp_path, alfworld_small):
         "trainer.total_training_steps=1", "trainer.val_before_train=true", "data.shuffle=false",
         "env.max_steps=3", "env.rollout.n=2",
         "actor_rollout_ref.rollout.full_determinism=true", f"trainer.rollout_data_dir={tmp_path / 'dump'}",
+        "algorithm.use_kl_in_reward=true", "algorithm.rollout_correction.rollout_is=token",
         timeout=420,
     )
     merged = by_step(records)
@@ -375,6 +378,11 @@ def test_one_sdar_step_through_main_ppo(tmp_path, alfworld_small):
     assert 0.0 <= step["sdar/invalid_action_rows"] <= 1.0
     types = {k.split("/")[2] for k in step if k.startswith("sdar/task_type/") and k.endswith("/gate_mean")}
     assert types, sorted(step)
+    # verl's KL-in-reward and rollout-correction steps ran with turn-row GRPO (once a separate test,
+    # test_advantages.py::test_turn_row_grpo_keeps_verls_kl_in_reward_and_rollout_correction)
+    assert "actor/reward_kl_penalty" in step and "actor/reward_kl_penalty_coeff" in step, sorted(step)
+    assert any(k.startswith("rollout_corr/") for k in step), sorted(step)
+    assert "sdar/invalid_action_rows" in step and step["sdar/gate_mean"] == step["sdar/gate_mean"]
     print("success (val):", {k: v for k, v in val.items() if "success" in k}, "gate by type:", types)
 
 

@@ -30,6 +30,8 @@ def test_fills_in_everything_for_a_bare_cpu_config(compose_ppo):
     assert config.actor_rollout_ref.rollout.agent.num_workers == 1
     assert config.reward.num_workers == 1
     assert config.data.dataloader_num_workers == 0
+    assert config.transfer_queue.backend.SimpleStorage.num_data_storage_units == 1
+    assert config.ray_kwargs.ray_init.include_dashboard is False
     assert any(line.startswith("actor_rollout_ref.rollout.name: unset -> 'hf'") for line in changes)
     assert apply_cpu_defaults(config) == []  # idempotent
 
@@ -40,6 +42,8 @@ def test_keeps_what_the_user_chose(compose_ppo):
         "trainer.n_gpus_per_node=2",
         "ray_kwargs.ray_init.num_cpus=8",
         "+ray_kwargs.ray_init.num_gpus=3",
+        "+ray_kwargs.ray_init.include_dashboard=true",
+        "transfer_queue.backend.SimpleStorage.num_data_storage_units=2",
         "+actor_rollout_ref.model.override_config.attn_implementation=eager",
         "actor_rollout_ref.rollout.tensor_model_parallel_size=2",
     )
@@ -47,8 +51,20 @@ def test_keeps_what_the_user_chose(compose_ppo):
     assert config.trainer.n_gpus_per_node == 2
     assert config.ray_kwargs.ray_init.num_cpus == 8
     assert config.ray_kwargs.ray_init.num_gpus == 3
+    assert config.ray_kwargs.ray_init.include_dashboard is True
+    assert config.transfer_queue.backend.SimpleStorage.num_data_storage_units == 2
     assert config.actor_rollout_ref.model.override_config.attn_implementation == "eager"
-    assert not any(line.startswith(("trainer.n_gpus_per_node", "ray_kwargs")) for line in changes)
+    assert not any(line.startswith(("trainer.n_gpus_per_node", "ray_kwargs", "transfer_queue")) for line in changes)
+
+
+def test_joining_a_running_cluster_leaves_its_own_settings_alone(compose_ppo):
+    """``ray.init(address=...)`` refuses CPU/GPU counts and the dashboard flag: none is set."""
+    config = compose_ppo("trainer.device=cpu", "+ray_kwargs.ray_init.address=127.0.0.1:6379")
+    changes = apply_cpu_defaults(config)
+    assert config.ray_kwargs.ray_init.num_cpus is None
+    assert "num_gpus" not in config.ray_kwargs.ray_init and "include_dashboard" not in config.ray_kwargs.ray_init
+    assert not any(line.startswith("ray_kwargs") for line in changes)
+    assert config.transfer_queue.backend.SimpleStorage.num_data_storage_units == 1  # not a cluster setting
 
 
 def test_fake_gpu_count_follows_the_worker_count(compose_ppo):

@@ -34,7 +34,8 @@ def _free_port() -> int:
 
 
 def _cluster_env(cwd: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VERL_SDAR_")}
+    # RAY_ADDRESS (tests/conftest.py sets "local") would override the address these runs name
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VERL_SDAR_") and k != "RAY_ADDRESS"}
     return dict(env, RAY_AUTH_MODE="disabled", PWD=str(cwd), TOKENIZERS_PARALLELISM="false")
 
 

