@@ -486,8 +486,7 @@ class SkillLibrary:
         """Every task type any of whose keywords occurs in ``text``, in mapping order
         (``ours``: whole words, case-insensitive; ``reference``: substrings of the lower-cased text)."""
         if self.layout == "reference":
-            lowered = text.lower()
-            return [t for t, words in self.task_keywords.items() if any(w in lowered for w in words)]
+            return self.substring_task_types(text)
         return [t for t, pattern in self._type_res.items() if pattern.search(text)]
 
     def substring_task_types(self, text: str) -> list[str]:
