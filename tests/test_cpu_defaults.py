@@ -32,6 +32,11 @@ def test_fills_in_everything_for_a_bare_cpu_config(compose_ppo):
     assert config.data.dataloader_num_workers == 0
     assert config.transfer_queue.backend.SimpleStorage.num_data_storage_units == 1
     assert config.ray_kwargs.ray_init.include_dashboard is False
+    # no torch.compile of the entropy function (actor and reference engines, the actor's own flag)
+    assert config.actor_rollout_ref.actor.fsdp_config.use_torch_compile is False
+    assert config.actor_rollout_ref.ref.fsdp_config.use_torch_compile is False
+    assert config.actor_rollout_ref.actor.use_torch_compile is False
+    assert config.actor_rollout_ref.ref.use_torch_compile is False  # verl's interpolation of the actor's flag
     assert any(line.startswith("actor_rollout_ref.rollout.name: unset -> 'hf'") for line in changes)
     assert apply_cpu_defaults(config) == []  # idempotent
 

@@ -5,16 +5,19 @@ Task: the code-word prompts, scored by the share of vowels among the response's 
 (``tests/learning_rewards.py``), a dense reward the tiny random model can learn in a few steps.
 Both runs: GRPO (``algorithm=grpo``), ``actor_rollout_ref.rollout.full_determinism=true``, seeds as
 the recipe sets them (rollout seed 0, data seed 42, model seed 0), 8 prompts x 8 sessions a step,
-4 updates a step (mini-batch 2 prompts), lr 2e-2, 8 steps; the two runs go side by side. The task
+4 updates a step (mini-batch 2 prompts), lr 2e-2, no KL loss (so no reference model), 8 steps;
+the two runs go side by side. The task
 reward of each step is read
 from verl's rollout dump (``trainer.rollout_data_dir``), i.e. from the sampled text itself, for both
 runs; the control trains on ``random_score`` instead.
 
 Measured here (2 CPU cores, 2026-12-03; mean of steps 1-2 -> mean of steps 7-8): GRPO 0.378 ->
 0.664 (+0.29), control 0.371 -> 0.425 (+0.05); side by side (later that day) GRPO 0.371 -> 0.626
-(+0.26), control 0.368 -> 0.379 (+0.01), 189 s. Two runs with the same seeds are not bit-identical
-on the CPU path (log-probs differ at ~1e-7 with the batch composition, which can flip a sampled
-token and then the rest of the run); another run of the same GRPO command reached +0.17 by step 6.
+(+0.26), control 0.368 -> 0.379 (+0.01), 189 s; without the KL loss and with the CPU default of no
+``torch.compile`` (later still) GRPO 0.376 -> 0.686 (+0.31), control 0.375 -> 0.398 (+0.02), 170 s.
+Two runs with the same seeds are not bit-identical on the CPU path (log-probs differ at ~1e-7 with
+the batch composition, which can flip a sampled token and then the rest of the run); another run of
+the same GRPO command reached +0.17 by step 6.
 The margins are set well inside these figures: GRPO must gain at least 0.15, the control less than
 0.10, and GRPO at least 0.10 more than the control.
 """
@@ -56,7 +59,7 @@ def train(work: Path, reward: str) -> tuple[list[float], dict[int, dict]]:
         work, "cpu/codeword_sdar", "algorithm=grpo", f"trainer.total_training_steps={STEPS}",
         "actor_rollout_ref.rollout.full_determinism=true", f"trainer.rollout_data_dir={dump}",
         "actor_rollout_ref.actor.optim.lr=2e-2", "data.train_batch_size=8", "actor_rollout_ref.rollout.n=8",
-        "actor_rollout_ref.actor.ppo_mini_batch_size=2",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=2", "actor_rollout_ref.actor.use_kl_loss=false",
         f"reward.custom_reward_function.path={HERE / 'learning_rewards.py'}",
         f"reward.custom_reward_function.name={reward}", f"trainer.experiment_name=learning_{reward}",
         log_name=reward,

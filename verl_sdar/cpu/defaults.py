@@ -200,6 +200,14 @@ _DEFAULTS: tuple[_Default, ...] = (
              "one TransferQueue storage process: each is a Ray actor start on few cores"),
     _Default("ray_kwargs.ray_init.include_dashboard", _ABSENT, lambda c: False,
              "no Ray dashboard: about ten processes started with every local cluster"),
+    *(
+        _Default(f"actor_rollout_ref.{role}.fsdp_config.use_torch_compile", True, lambda c: False,
+                 "no torch.compile of the entropy function: inductor compiles C++ for each new shape "
+                 "on the first steps, seconds each on a few cores, for a metric")
+        for role in ("actor", "ref")
+    ),
+    _Default("actor_rollout_ref.actor.use_torch_compile", True, lambda c: False,
+             "no torch.compile (the actor's own flag, as its engine's)"),
 )
 
 
@@ -215,7 +223,8 @@ def apply_cpu_defaults(config: DictConfig) -> list[str]:
     compute for actor and reference (FSDP mixed-precision ``param_dtype``), the
     ``hf`` rollout backend (when unset or SGLang/TensorRT-LLM, and for vLLM when no CPU build of vLLM
     is installed) with one replica per worker, and one agent-loop worker, one reward worker, one
-    TransferQueue storage unit, no dataloader workers and no Ray dashboard. With
+    TransferQueue storage unit, no dataloader workers, no Ray dashboard and no ``torch.compile`` of
+    the entropy function. With
     ``rollout.name=vllm`` kept (a CPU vLLM is installed), verl's vLLM server gets the CPU settings
     of ``_VLLM_CPU_DEFAULTS`` (no sleep mode, eager, fp32, a host-memory fraction, verl-sdar's
     worker extension).
