@@ -32,7 +32,7 @@ DELTAS = {
     "opsd_rkl": dict(objective="opsd_rkl", coef=1.0),
     "rlsd": dict(objective="rlsd", rlsd=dict(mix=0.5, clip_eps=0.2, decay_steps=100)),
     "skill_sd": dict(objective="skill_sd", coef=0.001),
-    "skill_grpo": dict(objective="none", student_prompt=True),
+    "skill_grpo": dict(objective="none", student_prompt=True, student_skills="per_turn"),
 }
 # What algorithm_base/teacher.yaml adds for every method with a teacher pass (all but grpo) and skill_grpo.
 TEACHER_BLOCK = dict(

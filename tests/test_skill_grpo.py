@@ -7,13 +7,20 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from agent_loop_helpers import FakeServer, make_agent_loop, run_episode
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from verl_sdar.config import SDARConfig, SDARConfigError
-from verl_sdar.privileged import StudentPrivileged, skill_prefix, student_privileged
+from verl_sdar.privileged import (
+    NO_STUDENT_SKILLS,
+    StudentPrivileged,
+    skill_prefix,
+    student_privileged,
+    student_privileged_for,
+)
 from verl_sdar.skills import SkillLibrary, make_retriever
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,8 +55,10 @@ def test_skill_grpo_composes_and_validates():
     "overrides, match",
     [
         (["sdar.privileged.source=skills"], "sdar.skills.library: privileged.source=skills needs a skill library"),
-        (["sdar.privileged.source=skills", f"sdar.skills.library={WEBSHOP_SKILLS}", "sdar.skills.strategy=ucb"],
+        (["sdar.privileged.source=skills", f"sdar.skills.library={WEBSHOP_SKILLS}", "sdar.skills.strategy=ucb",
+          "sdar.student_skills=per_episode"],
          "cannot fill the student's prompt"),
+        (["sdar.student_skills=sometimes"], "sdar.student_skills must be one of"),
         (["sdar.privileged.source=skills", "sdar.skills.library=/no/such/folder"],
          "skill library folder does not exist"),
         (["sdar.privileged.key=''"], "sdar.privileged.key"),
@@ -58,6 +67,62 @@ def test_skill_grpo_composes_and_validates():
 def test_skill_grpo_misconfigurations_fail_before_ray(overrides, match):
     with pytest.raises(SDARConfigError, match=match):
         SDARConfig.from_config(composed(*overrides))
+
+
+def test_per_turn_student_skills_are_the_default_and_use_the_references_substring_rule():
+    """``algorithm=skill_grpo`` chooses the skills every turn (the reference's rule); the teacher's
+    strategy is then not used, so a stateful one (UCB) is no error; ``per_episode`` keeps it."""
+    cfg = composed("sdar.privileged.source=skills", f"sdar.skills.library={WEBSHOP_SKILLS}", "sdar.skills.strategy=ucb")
+    assert SDARConfig.from_config(cfg).student_skills == "per_turn"
+    student = student_privileged(cfg)
+    assert student.per_turn and student.strategy == "keyword_substring"
+    cfg = composed("sdar.privileged.source=skills", f"sdar.skills.library={WEBSHOP_SKILLS}",
+                   "sdar.skills.strategy=task_type", "sdar.student_skills=per_episode")
+    student = student_privileged(cfg)
+    assert not student.per_turn and student.strategy == "task_type"
+
+
+def test_a_row_flagged_no_student_skills_gets_no_student_privileged():
+    student = StudentPrivileged("column")
+    assert student_privileged_for(student, {}) is student
+    assert student_privileged_for(student, {NO_STUDENT_SKILLS: False}) is student
+    assert student_privileged_for(student, {NO_STUDENT_SKILLS: True}) is None
+    assert student_privileged_for(student, {NO_STUDENT_SKILLS: np.bool_(True)}) is None
+    assert student_privileged_for(None, {}) is None
+
+
+def test_validation_without_skills_flags_every_row_and_names_both_passes():
+    from verl_sdar.skill_validation import WithoutStudentSkills, renamed, validate_with_and_without_skills
+
+    assert renamed("val/success/clean", "val_no_skill") == "val_no_skill/success/clean"
+    assert renamed("val-core/alfworld/reward/mean@1", "val_no_skill") == "val_no_skill/core/alfworld/reward/mean@1"
+    assert renamed("other", "val_with_skill") == "val_with_skill/other"
+
+    loader = [{"raw_prompt": np.array(["a", "b"], dtype=object), "index": np.array([0, 1])},
+              {"raw_prompt": np.array(["c"], dtype=object), "index": np.array([2])}]
+    batches = list(WithoutStudentSkills(loader))
+    assert [list(b[NO_STUDENT_SKILLS]) for b in batches] == [[True, True], [True]]
+    assert NO_STUDENT_SKILLS not in loader[0] and len(WithoutStudentSkills(loader)) == 2
+
+    class Trainer:  # what the function touches of verl's trainer
+        val_dataloader = loader
+        config = OmegaConf.create({"trainer": {"validation_data_dir": "/dump"}})
+
+    trainer, seen = Trainer(), []
+
+    def validate():  # verl's _validate reads the loader and the dump folder at call time
+        flagged = all(NO_STUDENT_SKILLS in b for b in trainer.val_dataloader)
+        seen.append((flagged, trainer.config.trainer.validation_data_dir))
+        return {"val-core/x/reward/mean@1": 0.25 if flagged else 0.75, "val/success/all": 0.0 if flagged else 1.0}
+
+    metrics = validate_with_and_without_skills(trainer, validate)
+    assert seen == [(True, "/dump/val_no_skill"), (False, "/dump")]  # without first, then with
+    assert trainer.val_dataloader is loader and trainer.config.trainer.validation_data_dir == "/dump"
+    assert metrics == {
+        "val-core/x/reward/mean@1": 0.75, "val/success/all": 1.0,
+        "val_with_skill/core/x/reward/mean@1": 0.75, "val_with_skill/success/all": 1.0,
+        "val_no_skill/core/x/reward/mean@1": 0.25, "val_no_skill/success/all": 0.0,
+    }
 
 
 def test_teacher_methods_select_the_privileged_format():
@@ -181,9 +246,9 @@ def make_loop(cls, tokenizer, server, env: dict, sdar: dict | None):
     return make_agent_loop(cls, tokenizer, server, env, prompt_length=8192, sdar=sdar)
 
 
-def skills_sdar(library, strategy):
+def skills_sdar(library, strategy, when="per_episode"):
     return {"objective": "none", "student_prompt": True, "privileged": {"source": "skills"},
-            "skills": {"library": str(library), "strategy": strategy}}
+            "skills": {"library": str(library), "strategy": strategy}, "student_skills": when}
 
 
 @pytest.fixture(scope="module")
@@ -242,6 +307,45 @@ def test_alfworld_episode_student_prompt_holds_the_task_types_skill(tokenizer, a
             assert HEADER.strip() not in text and skill not in text
 
 
+@needs_alfworld
+def test_alfworld_per_turn_student_skills_follow_each_turns_observation(tokenizer, alfworld_small):
+    """The reference's Skill-GRPO: every turn's block is the keyword-substring retrieval of that
+    turn's whole user message, so it changes as the observation does (here: no task-type skill on
+    the first turn of a pick-and-place game, then "examine" among the admissible actions brings the
+    look-in-light skill); a row flagged ``NO_STUDENT_SKILLS`` (validation without skills) gets none."""
+    from verl_sdar.envs.alfworld.agent_loop import AlfworldAgentLoop
+    from verl_sdar.envs.alfworld.dataset import make_rows
+    from verl_sdar.envs.alfworld.play import find_games, run_expert, split_dir
+    from verl_sdar.envs.alfworld.prompts import ROLE
+    from verl_sdar.envs.turn_prompts import format_response
+
+    games = find_games(split_dir("train", alfworld_small))
+    game = next(g for g in games if make_rows([g], "train")[0]["extra_info"]["task_type"] == "pick_and_place_simple")
+    expert = run_expert(game)
+    row = make_rows([game], "train")[0]
+    kwargs = {k: row[k] for k in ("data_source", "reward_model", "extra_info", "agent_name")}
+    env = {"max_steps": 50, "history_length": 2}
+    library = SkillLibrary.load(ALFWORLD_SKILLS)
+    rule = make_retriever("keyword_substring", library)
+    for flagged in (False, True):
+        server = FakeServer(tokenizer, [format_response("plan", a) for a in expert.actions])
+        sdar = skills_sdar(ALFWORLD_SKILLS, "task_type", when="per_turn")
+        extra = {NO_STUDENT_SKILLS: True} if flagged else {}
+        outputs = run_episode(lambda s=server, d=sdar: make_loop(AlfworldAgentLoop, tokenizer, s, env, d),
+                              **kwargs, **extra)
+        assert len(outputs) == expert.steps and all(o.extra_fields["won"] for o in outputs)
+        texts = user_texts(tokenizer, server)
+        if flagged:
+            assert all(text.startswith(ROLE) and HEADER.strip() not in text for text in texts)
+            continue
+        blocks = []
+        for text in texts:
+            block, message = text[: text.index(ROLE)], text[text.index(ROLE) :]
+            assert block == skill_prefix(rule.retrieve(prompt=message).text)
+            blocks.append(tuple(t for t, skill in library.task_skills.items() if skill.text in block))
+        assert blocks[0] == () and ("look_at_obj_in_light",) in blocks[1:], blocks
+
+
 @pytest.fixture(scope="module")
 def catalogue(tmp_path_factory):
     from verl_sdar.envs.webshop.catalogue import build
@@ -277,6 +381,18 @@ def test_webshop_episode_student_prompt_holds_the_keyword_matched_skill(tokenize
         assert text.startswith(f"{HEADER}{skill}\n\n") and goal["instruction_text"] in text
 
 
+def test_webshop_per_turn_student_skills_are_the_substring_matches_of_each_message(tokenizer, catalogue):
+    from verl_sdar.envs.webshop.agent_loop import ROLE
+
+    goal, texts = webshop_episode(tokenizer, catalogue, skills_sdar(WEBSHOP_SKILLS, "task_type", when="per_turn"))
+    library = SkillLibrary.load(WEBSHOP_SKILLS)
+    rule = make_retriever("keyword_substring", library)
+    for text in texts:
+        block, message = text[: text.index(ROLE)], text[text.index(ROLE) :]
+        assert block == skill_prefix(rule.retrieve(prompt=message).text)
+        assert library.task_skills[goal["category"]].text in block  # the goal names its category's keywords
+
+
 def test_webshop_episode_with_an_authors_layout_library_gets_the_references_text(tokenizer, catalogue, tmp_path):
     """A folder in the authors' layout: the student's user message is exactly the reference's
     ``"[Privileged Skill Information]\\n{general}\\n\\n{category skill}\\n\\n" + prompt``."""
@@ -300,10 +416,9 @@ def test_webshop_episode_with_an_authors_layout_library_gets_the_references_text
 SEARCH_SKILLS = REPO / "envs" / "search" / "skills"
 
 
-@pytest.mark.parametrize("turn_rows", [True, False])
-def test_search_episode_student_prompt_holds_the_question_types_skill(tokenizer, tmp_path, turn_rows):
-    """Search-QA in both modes (one row per turn, and one row per episode): the user message of
-    every prompt the server sees starts with the row's skills (general + the question type's)."""
+def search_episode(tokenizer, tmp_path, turn_rows, sdar):
+    """One scripted Search-QA episode (a search, then the answer) with ``sdar``: the question, its
+    row and the server (the prompts it saw)."""
     from verl_sdar.envs.search.agent_loop import SearchAgentLoop
     from verl_sdar.envs.search.corpus import build
     from verl_sdar.envs.search.dataset import make_row
@@ -315,8 +430,16 @@ def test_search_episode_student_prompt_holds_the_question_types_skill(tokenizer,
     server = FakeServer(tokenizer, ["<search> capital </search>", f"<answer>{q['golden_answers'][0]}</answer>"])
     env = {"turn_rows": turn_rows, "max_steps": 4, "history_length": 4,
            "retriever": {"corpus_path": str(tmp_path / "corpus.jsonl"), "topk": 3}}
-    run_episode(lambda: make_loop(SearchAgentLoop, tokenizer, server, env, skills_sdar(SEARCH_SKILLS, "task_type")),
-                **kwargs)
+    run_episode(lambda: make_loop(SearchAgentLoop, tokenizer, server, env, sdar), **kwargs)
+    return q, row, server
+
+
+@pytest.mark.parametrize("turn_rows", [True, False])
+def test_search_episode_student_prompt_holds_the_question_types_skill(tokenizer, tmp_path, turn_rows):
+    """Search-QA in both modes (one row per turn, and one row per episode), skills chosen per
+    episode by task type: the user message of every prompt the server sees starts with the row's
+    skills (general + the question type's)."""
+    q, row, server = search_episode(tokenizer, tmp_path, turn_rows, skills_sdar(SEARCH_SKILLS, "task_type"))
     skill = make_retriever("task_type", SkillLibrary.load(SEARCH_SKILLS)).retrieve(
         task_type=row["extra_info"]["task_type"]
     ).text
@@ -327,6 +450,22 @@ def test_search_episode_student_prompt_holds_the_question_types_skill(tokenizer,
         assert q["question"] in text
 
 
+@pytest.mark.parametrize("turn_rows", [True, False])
+def test_search_per_turn_student_skills_are_the_general_skills_as_the_references(tokenizer, tmp_path, turn_rows):
+    """Search's library has no keywords (nor has the reference's), so the per-turn rule gives the
+    general skills only, on every prompt of both modes."""
+    library = SkillLibrary.load(SEARCH_SKILLS)
+    assert not library.keywords
+    sdar = skills_sdar(SEARCH_SKILLS, "task_type", when="per_turn")
+    q, _, server = search_episode(tokenizer, tmp_path, turn_rows, sdar)
+    general = library.compose(library.general)
+    assert len(server.prompts) == 2  # one generate call per turn in both modes
+    for ids in server.prompts:
+        text = tokenizer.decode(ids)
+        assert text.startswith(f"<|im_start|>user\n{HEADER}{general}\n\n"), text[:300]
+        assert library.task_skills[q["task_type"]].text not in text
+
+
 @needs_alfworld
 @pytest.mark.parametrize("algorithm", ["skill_grpo", "opsd"])
 def test_one_alfworld_step_through_main_ppo(tmp_path, alfworld_small, algorithm):
@@ -335,22 +474,38 @@ def test_one_alfworld_step_through_main_ppo(tmp_path, alfworld_small, algorithm)
     from main_ppo_runner import by_step, run_main_ppo
 
     from verl_sdar.envs.alfworld.dataset import build
+    from verl_sdar.skill_validation import renamed
     from verl_sdar.tiny_model import build_tiny_model
 
     build_tiny_model(tmp_path / "tiny-model", seed=0)
     build(alfworld_small, tmp_path / "alfworld", limit_val=4)
+    dump = tmp_path / "val_dump"
+    # Skill-GRPO validates before training: twice, without and with the student's skills
+    validation = ["trainer.val_before_train=true", f"trainer.validation_data_dir={dump}"]
     records = run_main_ppo(
         tmp_path, "alfworld/tiny_cpu_sdar", f"algorithm={algorithm}",
         "sdar.privileged.source=skills", f"sdar.skills.library={ALFWORLD_SKILLS}",
         "trainer.total_training_steps=1", "env.max_steps=2", "env.rollout.n=2",
+        *(validation if algorithm == "skill_grpo" else []),
         log_name=algorithm, timeout=420,
     )
-    step = by_step(records)[1]
+    steps = by_step(records)
+    step = steps[1]
     assert "actor/pg_loss" in step and step["episode/episodes"] == 4
     if algorithm == "skill_grpo":
         assert not any(k.startswith("sdar/gate") for k in step)  # no teacher pass
         log = (tmp_path / f"{algorithm}.log").read_text()
         assert "teacher" not in {k.split("/")[-1] for k in step if k.startswith("timing_s/")}, log[-2000:]
+        val = steps[0]
+        plain = {k: v for k, v in val.items() if k.startswith(("val-", "val/"))}
+        assert "val-core/alfworld/reward/mean@1" in plain, sorted(val)
+        for key, value in plain.items():  # the pass with skills, also under val_with_skill/
+            assert val[renamed(key, "val_with_skill")] == value and renamed(key, "val_no_skill") in val
+        # verl's dumps of the two passes: with the skills in every prompt, and without in none
+        with_skills = [json.loads(line)["input"] for line in (dump / "0.jsonl").read_text().splitlines()]
+        without = [json.loads(line)["input"] for line in (dump / "val_no_skill" / "0.jsonl").read_text().splitlines()]
+        assert len(with_skills) == len(without) >= 4  # a row per turn of the 4 validation games
+        assert all(HEADER in text for text in with_skills) and not any(HEADER in text for text in without)
     else:
         assert step["actor/pg_loss"] == 0.0  # advantages zeroed: the PPO term carries nothing
         assert step["sdar/rows_with_privileged"] == 1.0 and "actor/sdar/loss" in step

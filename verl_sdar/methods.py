@@ -247,8 +247,9 @@ register_method(
         "skill_grpo",
         "none",
         "Skill-GRPO: GRPO with the retrieved skills in the student's own rollout prompt (training and "
-        "validation); no teacher pass, no extra term.",
-        defaults={"student_prompt": True},
+        "validation; chosen every turn from that turn's user message), validated with and without them; "
+        "no teacher pass, no extra term.",
+        defaults={"student_prompt": True, "student_skills": "per_turn"},
     )
 )
 

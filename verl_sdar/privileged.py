@@ -14,12 +14,23 @@ The trainer builds a :class:`TeacherInputs` from TransferQueue and calls ``texts
 **The student's own prompt (Skill-GRPO, ``sdar.student_prompt=true``).** The agent
 loops, in their own worker processes, give the student the row's privileged text from the same
 source: ``column`` reads ``extra_info[sdar.privileged.key]``; ``skills`` retrieves from
-``sdar.skills.library`` with ``sdar.skills.strategy`` (one of ``STATELESS_STRATEGIES``: the choice
-must not depend on process-local state). The text goes in front of the user message's text in the
-reference's format, :func:`skill_prefix`: ``"[Privileged Skill Information]\n{text}\n\n"``, inside
-the chat template's user turn (the reference prefixes the observation text it puts in the user
-turn). An agent loop calls :func:`student_privileged` once (``None``: off) and then, per episode,
-``.prefix(extra_info, prompt=<the task text>)``; libraries are loaded once per process.
+``sdar.skills.library``, when ``sdar.student_skills`` says:
+
+* ``per_turn`` (the reference's Skill-GRPO, the default): every turn, the keyword substrings of that
+  turn's whole user message (``keyword_substring``: general skills plus every task type one of
+  whose keywords occurs in it, the general skills alone when none does), so the skills follow the
+  observation; ``sdar.skills.strategy`` is not used;
+* ``per_episode`` (ours): once per episode, ``sdar.skills.strategy`` (one of
+  ``STATELESS_STRATEGIES``: the choice must not depend on process-local state) on the task text.
+
+The text goes in front of the user message's text in the reference's format,
+:func:`skill_prefix`: ``"[Privileged Skill Information]\n{text}\n\n"``, inside the chat template's
+user turn (the reference prefixes the observation text it puts in the user turn). An agent loop
+calls :func:`student_privileged` once (``None``: off); then, with ``.per_turn``, each turn
+``.prefix(extra_info, prompt=<the turn's user message>)``, else once per episode
+``.prefix(extra_info, prompt=<the task text>)``; libraries are loaded once per process. A row
+carrying ``NO_STUDENT_SKILLS`` (the trainer's second validation pass, ``val_no_skill/*``) gets no
+block: :func:`student_privileged_for`.
 """
 
 from __future__ import annotations
@@ -186,14 +197,27 @@ def skill_prefix(text: str) -> str:
     return raw_prefix_text(text)
 
 
+STUDENT_SKILLS = ("per_turn", "per_episode")
+"""When the student's skills are chosen (``sdar.student_skills``): see the module docstring."""
+
+PER_TURN_STRATEGY = "keyword_substring"
+"""The rule of ``sdar.student_skills=per_turn`` (the reference's ``get_privileged_info_from_prompt``)."""
+
+NO_STUDENT_SKILLS = "sdar_no_student_skills"
+"""A dataset-row field (true): this row's student prompt gets no skills (``val_no_skill/*``)."""
+
+
 class StudentPrivileged:
     """The privileged text of a row for the student's own rollout prompt (Skill-GRPO).
 
     Args:
         source: ``column`` or ``skills`` (``sdar.privileged.source``).
         key: with ``column``, the ``extra_info`` field (``sdar.privileged.key``).
-        library, strategy, task_type_key: with ``skills``, ``sdar.skills.*``; ``strategy`` must be
-            one of ``STATELESS_STRATEGIES``.
+        library, strategy, task_type_key: with ``skills``, ``sdar.skills.*``; with ``per_turn=False``
+            ``strategy`` must be one of ``STATELESS_STRATEGIES``, with ``per_turn=True`` it is not used.
+        per_turn: ``sdar.student_skills == "per_turn"``: with ``skills``, the agent loop asks every
+            turn with that turn's user message and the rule is ``PER_TURN_STRATEGY`` (with ``column``
+            the text is the row's, the same every turn).
     """
 
     header = RAW_PREFIX_HEADER
@@ -206,10 +230,14 @@ class StudentPrivileged:
         library: str | None = None,
         strategy: str = "task_type",
         task_type_key: str = "task_type",
+        per_turn: bool = False,
     ):
         if source not in ("column", "skills"):
             raise ValueError(f"sdar.privileged.source must be 'column' or 'skills', got {source!r}")
+        if per_turn and source == "skills":
+            strategy = PER_TURN_STRATEGY
         self.source, self.key, self.task_type_key, self.strategy = source, key, task_type_key, strategy
+        self.per_turn = per_turn
         self.retriever = None
         if source == "skills":
             if strategy not in STATELESS_STRATEGIES:
@@ -255,24 +283,36 @@ _student_cache: dict[tuple, StudentPrivileged] = {}
 
 def student_privileged(trainer_config: Any) -> StudentPrivileged | None:
     """The student's privileged text for an agent loop, from the trainer config (``sdar.privileged``,
-    ``sdar.skills``; an OmegaConf node or a plain mapping); ``None`` unless
+    ``sdar.skills``, ``sdar.student_skills``; an OmegaConf node or a plain mapping); ``None`` unless
     ``sdar.student_prompt`` is true. One object per distinct settings per process (the
     skill library is loaded once, under a lock: agent loops are built concurrently)."""
     if not _select(trainer_config, "sdar.student_prompt", False):
         return None
+    when = str(_select(trainer_config, "sdar.student_skills", STUDENT_SKILLS[0]))
+    if when not in STUDENT_SKILLS:
+        raise ValueError(f"sdar.student_skills must be one of {STUDENT_SKILLS}, got {when!r}")
+    library = _select(trainer_config, "sdar.skills.library", None)
     settings = (
         str(_select(trainer_config, "sdar.privileged.source", "column")),
         str(_select(trainer_config, "sdar.privileged.key", "privileged")),
-        _select(trainer_config, "sdar.skills.library", None),
+        None if library is None else str(library),
         str(_select(trainer_config, "sdar.skills.strategy", "task_type")),
         str(_select(trainer_config, "sdar.skills.task_type_key", "task_type")),
+        when == "per_turn",
     )
-    settings = (*settings[:2], None if settings[2] is None else str(settings[2]), *settings[3:])
     with _student_lock:
         found = _student_cache.get(settings)
         if found is None:
-            source, key, library, strategy, task_type_key = settings
+            source, key, library, strategy, task_type_key, per_turn = settings
             found = _student_cache[settings] = StudentPrivileged(
-                source, key=key, library=library, strategy=strategy, task_type_key=task_type_key
+                source, key=key, library=library, strategy=strategy, task_type_key=task_type_key,
+                per_turn=per_turn,
             )
         return found
+
+
+def student_privileged_for(student: StudentPrivileged | None, row: Mapping[str, Any]) -> StudentPrivileged | None:
+    """``student`` for the agent loop's row (its keyword arguments), or ``None`` when the row
+    carries ``NO_STUDENT_SKILLS`` (the trainer's validation pass without skills)."""
+    flag = row.get(NO_STUDENT_SKILLS)
+    return None if flag is not None and bool(flag) else student

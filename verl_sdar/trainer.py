@@ -33,6 +33,7 @@ from .loss import make_actor_loss
 from .names import TRAINER_MODE
 from .plugin_status import check_registered
 from .privileged import PrivilegedSource, make_source
+from .skill_validation import validate_with_and_without_skills
 from .state import checkpoint_folder, load_state, save_state
 from .teacher_pass import TeacherPass
 from .teacher_sources import TEACHER_POOL, make_teacher_source, teacher_pool_spec
@@ -110,6 +111,14 @@ class SDARTrainer(PPOTrainerSync):
             prepared = before_advantages(batch, self.sdar, self.fault_monitor, self.global_steps, metrics)
         batch = super()._compute_advantage(prepared.batch, metrics)
         return after_advantages(batch, prepared, self.sdar, self.global_steps, metrics)
+
+    # ------------------------------------------------------------- validation
+    def _validate(self) -> dict[str, float]:
+        """verl's validation; for Skill-GRPO twice, without and with the student's skills
+        (``val_no_skill/*``, ``val_with_skill/*``; ``skill_validation``)."""
+        if not self.sdar.student_prompt:
+            return super()._validate()
+        return validate_with_and_without_skills(self, super()._validate)
 
     def _val_metrics_update(self, data_sources, sample_uids, reward_extra_infos_dict, sample_turns, **kwargs):
         """verl's validation metrics plus success per task type (``metrics.validation_metrics``)."""

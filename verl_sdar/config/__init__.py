@@ -225,7 +225,13 @@ class SDARConfig:
         student_prompt: Skill-GRPO (``algorithm=skill_grpo``): the agent loops put each row's
             privileged text (from ``privileged.source``; ``skills`` with a stateless strategy) into
             the student's own rollout prompt, as ``"[Privileged Skill Information]\\n{text}\\n\\n"``
-            in front of the user message, in training and validation.
+            in front of the user message, in training and validation; validation runs a second
+            time without it (metrics ``val_no_skill/*``, the first pass also as ``val_with_skill/*``).
+        student_skills: with ``student_prompt`` and ``privileged.source=skills``, when the student's
+            skills are chosen: ``per_turn`` (the reference's Skill-GRPO) every turn, from the keyword
+            substrings of that turn's whole user message (``keyword_substring``; the skills follow the
+            observation; ``skills.strategy`` is not used); ``per_episode`` (ours) once per episode with
+            ``skills.strategy`` (a stateless one) on the task text.
         privileged: where the teacher's privileged text comes from and how it is inserted.
         skills: skill retrieval, with ``privileged.source=skills``.
         teacher: teacher pass settings (prompt budget).
@@ -240,6 +246,7 @@ class SDARConfig:
     divergence: str = "reverse_kl"
     invalid_action_penalty: str = "reward"
     student_prompt: bool = False
+    student_skills: str = "per_turn"
     privileged: PrivilegedConfig = field(default_factory=PrivilegedConfig)
     skills: SkillsConfig = field(default_factory=SkillsConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -270,6 +277,10 @@ class SDARConfig:
         uses_privileged = self.needs_teacher or self.student_prompt
         if not isinstance(self.student_prompt, bool):
             raise SDARConfigError(f"sdar.student_prompt must be true or false, got {self.student_prompt!r}")
+        from ..privileged import STUDENT_SKILLS
+
+        if self.student_skills not in STUDENT_SKILLS:
+            raise SDARConfigError(f"sdar.student_skills must be one of {STUDENT_SKILLS}, got {self.student_skills!r}")
         if uses_privileged and self.privileged.source == "skills":
             from ..skills import STATELESS_STRATEGIES, STRATEGIES
 
@@ -281,10 +292,11 @@ class SDARConfig:
                 raise SDARConfigError(
                     f"sdar.skills.strategy: unknown strategy {self.skills.strategy!r}; expected one of {STRATEGIES}"
                 )
-            if self.student_prompt and self.skills.strategy not in STATELESS_STRATEGIES:
+            per_episode = self.student_prompt and self.student_skills == "per_episode"
+            if per_episode and self.skills.strategy not in STATELESS_STRATEGIES:
                 raise SDARConfigError(
                     f"sdar.skills.strategy={self.skills.strategy!r} cannot fill the student's prompt "
-                    f"(sdar.student_prompt): use one of {STATELESS_STRATEGIES}"
+                    f"(sdar.student_prompt, sdar.student_skills=per_episode): use one of {STATELESS_STRATEGIES}"
                 )
         if (
             uses_privileged

@@ -31,10 +31,13 @@ last ``prompt_length`` tokens, losing the rules and the task with only a warning
 A response of zero tokens (a server that returned nothing) becomes one masked filler token, so
 the row stays well formed; like any response without an action it is an invalid turn.
 
-Skill-GRPO (``sdar.student_prompt=true``, :func:`verl_sdar.privileged.student_privileged`):
-once per episode, after the reset, the row's privileged text is chosen (keyword strategies match the
-task text the env returned, else the first observation) and every turn's user message starts with
-``"[Privileged Skill Information]\n{text}\n\n"``.
+Skill-GRPO (``sdar.student_prompt=true``, :func:`verl_sdar.privileged.student_privileged`): every
+turn's user message starts with ``"[Privileged Skill Information]\n{text}\n\n"``. With
+``sdar.student_skills=per_turn`` (the reference's) the text is chosen every turn from that turn's
+whole user message (task, shown history, observation, admissible actions: the keyword substrings
+of the message before any over-budget shortening), so it follows the observation; with
+``per_episode`` once, after the reset (keyword strategies match the task text the env returned,
+else the first observation). Rows flagged ``NO_STUDENT_SKILLS`` (validation without skills) get none.
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ from verl_sdar.envs.contract import (
 )
 from verl_sdar.envs.loop_base import EnvAgentLoop
 from verl_sdar.envs.turn_prompts import clip_text, project_action
-from verl_sdar.privileged import student_privileged
+from verl_sdar.privileged import student_privileged, student_privileged_for
 from verl_sdar.request_identity import request_identity
 
 logger = logging.getLogger(__name__)
@@ -232,10 +235,15 @@ class TurnRowAgentLoop(EnvAgentLoop):
                     error, base, plain(kwargs.get("global_steps")), kind=error_kind("reset", e)
                 )]
 
-            skill = self.skill_prefix(extra_info, task or obs)
+            student = student_privileged_for(self.student_privileged, row)
+            per_turn = student is not None and student.per_turn
+            skill = "" if student is None or per_turn else student.prefix(extra_info, prompt=task or obs)
             history: list[tuple[str, str]] = []
             env_time = 0.0
             for turn in range(self.max_steps):
+                if per_turn:  # the reference's Skill-GRPO: this turn's whole user message decides
+                    shown = min(max(self.history_length, 0), len(history))
+                    skill = student.prefix(extra_info, prompt=self.prompt(task, obs, admissible, history, shown))
                 prompt_ids = await self.fit_turn_prompt(skill, task, obs, admissible, history)
                 metrics: dict[str, Any] = {}
                 with simple_timer("generate_sequences", metrics):
@@ -329,12 +337,6 @@ class TurnRowAgentLoop(EnvAgentLoop):
                 }
             )
         return outputs
-
-    def skill_prefix(self, extra_info: dict, task_text: str) -> str:
-        """Skill-GRPO: the text in front of every user message of the episode (``""`` when off)."""
-        if self.student_privileged is None:
-            return ""
-        return self.student_privileged.prefix(extra_info, prompt=task_text)
 
     def row_fields(self, extra_info: dict) -> dict[str, Any]:
         """Fields of the dataset row repeated on every turn row (``task_type`` at least)."""

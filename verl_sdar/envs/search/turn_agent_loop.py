@@ -82,6 +82,7 @@ from verl_sdar.envs.search.prompts import (
 )
 from verl_sdar.envs.search.reward import exact_match, golden_answers
 from verl_sdar.envs.turn_loop import TurnRowAgentLoop
+from verl_sdar.privileged import student_privileged_for
 from verl_sdar.request_identity import request_identity
 
 DEFAULTS: dict[str, Any] = {**EPISODE_DEFAULTS, "turn_rows": True}
@@ -104,14 +105,21 @@ class SearchTurnAgentLoop(TurnRowAgentLoop):
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     # ------------------------------------------------------------------ the student's prompt
-    def student_prefix(self, extra_info: dict, question: str) -> str:
-        """Text put in front of every user message of the episode ("": none, the SDAR student's case).
+    def student_prefix(self, row: dict, extra_info: dict, question: str, history: list[Turn]) -> str:
+        """Text put in front of the user message of the turn after ``history`` ("": none, the SDAR
+        student's case).
 
         Skill-GRPO (``sdar.student_prompt=true``): the reference's ``[Privileged Skill Information]``
-        block for the row, as in the other turn loops; called once per episode.
-        :meth:`fit_prompt` never cuts it.
+        block for the row, as in the other turn loops: with ``sdar.student_skills=per_turn`` chosen
+        from this turn's whole user message, else from the question (the same every turn). None
+        for a row flagged ``NO_STUDENT_SKILLS``. :meth:`fit_prompt` never cuts it.
         """
-        return self.skill_prefix(extra_info, question)
+        student = student_privileged_for(self.student_privileged, row)
+        if student is None:
+            return ""
+        if not student.per_turn:
+            return student.prefix(extra_info, prompt=question)
+        return student.prefix(extra_info, prompt=turn_prompt(question, history, self.max_steps, self.history_length))
 
     async def fit_prompt(self, question: str, history: list[Turn], prefix: str = "") -> list[int]:
         """The token ids of the turn prompt (``prefix`` + :func:`turn_prompt`), at most
@@ -159,7 +167,6 @@ class SearchTurnAgentLoop(TurnRowAgentLoop):
             raise ValueError("search agent loop: the row has no extra_info.question")
         answers = golden_answers(reward_model.get("ground_truth"))
         base = self.row_fields(extra_info)
-        prefix = self.student_prefix(extra_info, question)
 
         start = time.perf_counter()
         history: list[Turn] = []
@@ -169,6 +176,7 @@ class SearchTurnAgentLoop(TurnRowAgentLoop):
         retrieval_s = 0.0
         fault = ""  # the kind of the episode's first failed retrieval
         for turn in range(self.max_steps):
+            prefix = self.student_prefix(row, extra_info, question, history)
             prompt_ids = await self.fit_prompt(question, history, prefix)
             metrics: dict[str, Any] = {}
             with simple_timer("generate_sequences", metrics):
