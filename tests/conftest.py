@@ -99,6 +99,7 @@ MODULE_TIERS = {
     "test_hostile_output.py": "envs",         # property-based: real ALFWorld / WebShop / Search episodes
     "test_tiny_model.py": "unit",
     "test_trainer_mode.py": "unit",           # SDARTrainer batches like stock sync verl (no Ray)
+    "test_vault.py": "envs",                  # real vault episodes through the agent loop
     "test_webshop.py": "envs",                # + one main_ppo test (e2e)
     "test_vllm_cpu.py": "vllm",               # make test-vllm (.venv-vllm); every test, main_ppo ones too
 }

@@ -53,14 +53,32 @@ def check_file(path, default="alfworld", key=None):
 
 
 # ----------------------------------------------------------------------------- one row
+def vault_rows():
+    from verl_sdar.envs.vault.dataset import make_rows
+    from verl_sdar.envs.vault.env import generate_tasks
+
+    return make_rows(generate_tasks(2, 3, seed=0), "train")
+
+
 def test_good_rows_of_every_env_pass():
-    assert set(ROW_SCHEMAS) == {"alfworld", "search", "webshop"}
-    for row in (alfworld_row(0), search_row(0), webshop_row(0), webshop_row(1, goal=GOAL)):
+    assert set(ROW_SCHEMAS) == {"alfworld", "search", "webshop", "vault"}
+    for row in (alfworld_row(0), search_row(0), webshop_row(0), webshop_row(1, goal=GOAL), *vault_rows()):
         assert row_problems(row, ROW_SCHEMAS[row["agent_name"]]) == []
     # Search answers: a string, a list of strings, or {"target": either}
     for truth in ("Lima", ["Lima", "Lima, Peru"], {"target": "Lima"}):
         assert row_problems({"reward_model": {"ground_truth": truth}, "extra_info": {"question": "q"}},
                             ROW_SCHEMAS["search"]) == []
+
+
+@pytest.mark.parametrize("task, expected", [
+    (None, "extra_info.vault_task is missing"),
+    ("", "extra_info.vault_task is an empty string"),
+    ("{not json", "extra_info.vault_task is not valid JSON"),
+    ("[1, 2]", "extra_info.vault_task is a list, not a JSON object"),
+])
+def test_vault_row_problems(task, expected):
+    problems = row_problems({"extra_info": {"vault_task": task}}, ROW_SCHEMAS["vault"])
+    assert len(problems) == 1 and problems[0].startswith(expected), problems
 
 
 @pytest.mark.parametrize("row, expected", [

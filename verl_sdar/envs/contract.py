@@ -81,6 +81,7 @@ PRIVILEGED = "privileged"
 GAME_PATH = "game_path"
 QUESTION = "question"
 GOAL = "goal"
+VAULT_TASK = "vault_task"
 
 # agent loops: extra_fields
 WON = "won"
@@ -213,7 +214,7 @@ WEBSHOP_GOAL_KEYS = ("instruction_text", "query", "product_category", "name", "a
                      "price_upper")
 
 
-def _webshop_goal(value: Any) -> str | None:
+def _not_blank_json(value: Any) -> str | None:
     if isinstance(value, str):
         problem = _not_blank(value)
         if problem:
@@ -222,8 +223,14 @@ def _webshop_goal(value: Any) -> str | None:
             value = json.loads(value)
         except ValueError as e:
             return f"is not valid JSON ({e})"
-    if not isinstance(value, dict):
-        return f"is a {type(value).__name__}, not a JSON object"
+    return None if isinstance(value, dict) else f"is a {type(value).__name__}, not a JSON object"
+
+
+def _webshop_goal(value: Any) -> str | None:
+    problem = _not_blank_json(value)
+    if problem:
+        return problem
+    value = json.loads(value) if isinstance(value, str) else value
     missing = [k for k in WEBSHOP_GOAL_KEYS if k not in value]
     return f"lacks the keys {missing}" if missing else None
 
@@ -237,6 +244,8 @@ ROW_SCHEMAS: dict[str, tuple[RowField, ...]] = {
         RowField("reward_model.ground_truth", (str, list, dict),
                  "the golden answers the search reward scores against", _golden_answers),
     ),
+    "vault": (RowField(f"extra_info.{VAULT_TASK}", (str, dict), "the task (JSON object) the vault agent loop plays",
+                       _not_blank_json),),
     "webshop": (RowField(f"extra_info.{GOAL}", (str, dict),
                          f"the goal (JSON object with {list(WEBSHOP_GOAL_KEYS)}) the webshop agent loop plays",
                          _webshop_goal),),

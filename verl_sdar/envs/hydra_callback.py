@@ -26,6 +26,7 @@ AGENT_LOOPS = [
     {"name": "alfworld", "_target_": "verl_sdar.envs.alfworld.agent_loop.AlfworldAgentLoop"},
     {"name": "search", "_target_": "verl_sdar.envs.search.agent_loop.SearchAgentLoop"},
     {"name": "webshop", "_target_": "verl_sdar.envs.webshop.agent_loop.WebShopAgentLoop"},
+    {"name": "vault", "_target_": "verl_sdar.envs.vault.agent_loop.VaultAgentLoop"},
 ]
 NAMES = tuple(loop["name"] for loop in AGENT_LOOPS)
 

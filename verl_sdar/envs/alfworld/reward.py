@@ -17,6 +17,12 @@ SUCCESS_REWARD = 10.0
 
 
 def compute_score(data_source=None, solution_str=None, ground_truth=None, extra_info=None, **kwargs) -> dict:
+    return success_score(extra_info)
+
+
+def success_score(extra_info: dict | None) -> dict:
+    """10 x won, with success, episode steps, env error and task type (any env whose episode ends
+    won or lost: ALFWorld, the vault task)."""
     info = extra_info or {}
     won = bool(info.get(WON, False))
     return {

@@ -1,0 +1,158 @@
+"""The vault task (verl_sdar.envs.vault): its rules played by hand, the optimal policy on every
+split, the datasets (splits disjoint, the noisy condition's wrong routes), and real episodes of the
+``vault`` agent loop against a scripted server."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from agent_loop_helpers import FakeServer, make_agent_loop, run_episode
+
+from verl_sdar.envs.vault.env import (
+    OPEN,
+    VaultEnv,
+    VaultTask,
+    expert_actions,
+    generate_tasks,
+    go,
+    note_text,
+    route_text,
+    take,
+)
+
+TASK = VaultTask("t0", keys=("red", "blue", "green"), key="blue", ways=("left", "right", "left"),
+                 signs=(True, False, True))
+
+
+def play(task, actions, max_steps=None):
+    env = VaultEnv(max_steps=max_steps)
+    env.reset(task)
+    result = None
+    for action in actions:
+        result = env.step(action)
+        if result[1]:
+            break
+    return env, result
+
+
+def test_the_optimal_policy_wins_and_the_texts_say_what_it_needs():
+    env = VaultEnv()
+    task_text, obs, admissible = env.reset(TASK)
+    assert task_text == "Open the vault at the end of the 3 forks."
+    assert admissible == [take("red"), take("blue"), take("green")]
+    # the note: the key, and the way at the fork without a sign (fork 2) only
+    assert note_text(TASK) == "The note says: the vault opens only with the blue key; at fork 2 go right."
+    assert note_text(TASK) in obs
+    obs, done, won, admissible, info = env.step(take("blue"))
+    assert "fork 1 of 3" in obs and "A sign points left." in obs and admissible == [go("left"), go("right")]
+    obs, *_ = env.step(go("left"))
+    assert "fork 2 of 3" in obs and "There is no sign here." in obs
+    env.step(go("right"))
+    obs, done, won, admissible, info = env.step(go("left"))
+    assert obs == "You stand before the vault door." and admissible == [OPEN] and not done
+    obs, done, won, admissible, info = env.step(OPEN)
+    assert done and won and info["right_key"] and info["forks_passed"] == 3 and env.steps == 5
+    assert expert_actions(TASK) == [take("blue"), go("left"), go("right"), go("left"), OPEN]
+    assert route_text(TASK) == "Route: take the blue key; at fork 1 go left, at fork 2 go right, at fork 3 go left; " \
+                               "then open the vault."
+
+
+def test_a_wrong_key_is_only_noticed_at_the_vault_and_a_wrong_way_ends_the_episode():
+    env, (obs, done, won, _, info) = play(TASK, [take("red"), go("left"), go("right"), go("left"), OPEN])
+    assert done and not won and env.steps == 5 and "does not fit" in obs and info["right_key"] is False
+    env, (obs, done, won, _, info) = play(TASK, [take("blue"), go("left"), go("left")])
+    assert done and not won and "dead end" in obs and info["forks_passed"] == 1
+
+
+def test_inadmissible_text_changes_nothing_and_costs_a_turn():
+    env, (obs, done, won, admissible, info) = play(TASK, ["open the vault"])
+    assert obs == "Nothing happens." and not done and not info["valid_action"] and env.held is None
+    assert admissible == [take(c) for c in TASK.keys]
+    env, (obs, done, *_rest) = play(TASK, ["dance", "dance"], max_steps=2)
+    assert done  # the step cap ends the episode
+
+
+def test_generated_tasks_are_distinct_valid_and_the_optimal_policy_wins_each():
+    tasks = generate_tasks(200, 4, seed=3)
+    assert len({(t.keys, t.key, t.ways, t.signs) for t in tasks}) == 200
+    assert generate_tasks(200, 4, seed=3) == tasks  # deterministic
+    for task in tasks:
+        assert not all(task.signs)  # the note always matters
+        assert VaultTask.from_dict(json.loads(json.dumps(task.to_dict()))) == task
+        env, (_, done, won, _, _) = play(task, expert_actions(task))
+        assert done and won and env.steps == task.forks + 2
+    with pytest.raises(ValueError, match="must be one of"):
+        VaultTask("x", ("red", "blue", "green"), "white", ("left",), (False,))
+
+
+def test_datasets_have_disjoint_splits_and_the_noisy_half_carries_another_tasks_route(tmp_path):
+    from verl_sdar.envs.vault.dataset import build
+
+    counts = build(tmp_path, n_train=40, n_val=12, n_pilot=12, n_ood=8, forks=(3, 4), ood_forks=6, seed=0)
+    assert counts == {"train": 40, "val": 12, "pilot": 12, "ood": 8, "train_noisy_rows": 20}
+    frames = {name: pd.read_parquet(tmp_path / f"{name}.parquet")
+              for name in ("train", "val", "pilot", "ood", "train_noisy")}
+    signatures = {}
+    for name in ("train", "val", "pilot", "ood"):
+        tasks = [VaultTask.from_dict(json.loads(e["vault_task"])) for e in frames[name]["extra_info"]]
+        signatures[name] = {(t.keys, t.key, t.ways, t.signs) for t in tasks}
+        assert set(frames[name]["agent_name"]) == {"vault"}
+        forks = {t.forks for t in tasks}
+        assert forks == ({6} if name == "ood" else {3, 4})
+        for task, extra in zip(tasks, frames[name]["extra_info"], strict=True):
+            assert extra["privileged"] == route_text(task) and extra["task_type"] == f"{task.forks}_forks"
+    names = list(signatures)
+    assert all(not signatures[a] & signatures[b] for a in names for b in names if a < b)
+    clean, noisy = frames["train"]["extra_info"], frames["train_noisy"]["extra_info"]
+    for i, (c, n) in enumerate(zip(clean, noisy, strict=True)):
+        assert n["vault_task"] == c["vault_task"]  # the same tasks in the same order
+        if i % 2:
+            assert n["noisy"] and n["privileged"] != c["privileged"]
+            assert n["privileged"] in {e["privileged"] for e in clean}  # another training task's route
+        else:
+            assert not n["noisy"] and n["privileged"] == c["privileged"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from verl_sdar.tiny_model import build_tiny_model
+
+    return AutoTokenizer.from_pretrained(build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0))
+
+
+def episode(tokenizer, responses, env=None):
+    from verl_sdar.envs.vault.agent_loop import VaultAgentLoop
+    from verl_sdar.envs.vault.dataset import make_rows
+
+    row = make_rows([TASK], "train")[0]
+    kwargs = {k: row[k] for k in ("data_source", "reward_model", "extra_info", "agent_name")}
+    server = FakeServer(tokenizer, responses)
+    outputs = run_episode(lambda: make_agent_loop(VaultAgentLoop, tokenizer, server, env or {}), **kwargs)
+    return outputs, server
+
+
+def test_the_agent_loop_plays_the_optimal_policy_one_row_per_turn_won_on_each(tokenizer):
+    from verl_sdar.envs.turn_prompts import format_response
+    from verl_sdar.envs.vault.reward import compute_score
+
+    outputs, server = episode(tokenizer, [format_response("go", a) for a in expert_actions(TASK)])
+    assert len(outputs) == 5 and all(o.extra_fields["won"] for o in outputs)
+    assert all(o.extra_fields["right_key"] and o.extra_fields["forks_passed"] == 3 for o in outputs)
+    assert compute_score(extra_info=outputs[-1].extra_fields)["score"] == 10.0
+    # the default history window keeps the hall's note in view at the last fork
+    last_prompt = tokenizer.decode(server.prompts[3])
+    assert note_text(TASK) in last_prompt and "fork 3 of 3" in last_prompt
+
+
+def test_the_agent_loop_flags_an_inadmissible_action_and_loses_on_the_wrong_key(tokenizer):
+    from verl_sdar.envs.turn_prompts import format_response
+
+    actions = ["dance", take("red"), go("left"), go("right"), go("left"), OPEN]
+    outputs, _ = episode(tokenizer, [format_response("go", a) for a in actions])
+    assert len(outputs) == 6 and not any(o.extra_fields["won"] for o in outputs)
+    assert outputs[0].extra_fields["inadmissible"] and not outputs[1].extra_fields["inadmissible"]
+    assert outputs[-1].extra_fields["right_key"] is False
