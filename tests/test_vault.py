@@ -156,3 +156,46 @@ def test_the_agent_loop_flags_an_inadmissible_action_and_loses_on_the_wrong_key(
     assert len(outputs) == 6 and not any(o.extra_fields["won"] for o in outputs)
     assert outputs[0].extra_fields["inadmissible"] and not outputs[1].extra_fields["inadmissible"]
     assert outputs[-1].extra_fields["right_key"] is False
+
+
+def test_the_imperfect_demonstrator_errs_at_its_stated_rates():
+    import random
+
+    from verl_sdar.envs.vault.warmstart import demonstration, demonstration_turns
+
+    tasks = generate_tasks(400, 4, seed=5)
+    rng = random.Random(0)
+    assert all(demonstration(t, rng, 0.0, 0.0) == expert_actions(t) for t in tasks)
+    assert all(demonstration(t, rng, 1.0, 0.0)[0] != take(t.key) for t in tasks)
+    wins = wrong_key = 0
+    for t in tasks:
+        env, (_, done, won, _, info) = play(t, demonstration(t, rng, 0.4, 0.3))
+        wins += won
+        wrong_key += info["right_key"] is False
+    assert abs(wrong_key / 400 - 0.4) < 0.07
+    assert 0.2 < wins / 400 < 0.5  # 0.6 x 0.7^(forks without a sign, about 2 of 4)
+    turns = demonstration_turns(tasks[:3], 0.0, 0.0)
+    assert [t.turn for t in turns] == [0, 1, 2, 3, 4, 5] * 3
+    assert turns[1].response.endswith(f"<action>{go(tasks[0].ways[0])}</action>")
+
+
+def test_warm_start_evaluation_plays_student_and_teacher_prompts(tmp_path):
+    """A model SFT'd for one epoch on a few demonstrations plays tasks in lockstep, with and without
+    the teacher's block; every play ends within the step cap."""
+    from verl_sdar.envs.alfworld.expert_sft import sft_rows, sft_train
+    from verl_sdar.envs.vault.warmstart import demonstration_turns, evaluate, summary, wrong_routes
+    from verl_sdar.tiny_model import build_tiny_model
+
+    tasks = generate_tasks(8, 3, seed=2)
+    turns = demonstration_turns(tasks, 0.0, 0.0)
+    routes = {t.task_id: route_text(t) for t in tasks}
+    rows = sft_rows(turns, routes.__getitem__, 0.5, seed=0)
+    assert {r["with_privileged"] for r in rows} == {True, False}
+    base = build_tiny_model(tmp_path / "base", seed=0, max_position_embeddings=4096,
+                            extra_corpus=[m["content"] for r in rows for m in r["messages"]])
+    sft_train(str(base), rows, str(tmp_path / "model"), epochs=1, batch_size=8, max_length=4096)
+    for privileged in (None, route_text, wrong_routes(tasks)):
+        plays = evaluate(str(tmp_path / "model"), tasks[:3], privileged, temperature=1.0, seed=0, max_steps=4)
+        assert len(plays) == 3 and all(1 <= p.steps <= 4 for p in plays)
+        assert 0.0 <= summary(plays)["success"] <= 1.0
+    assert wrong_routes(tasks)(tasks[0]) != route_text(tasks[0])

@@ -29,6 +29,14 @@ DEFAULTS = {**TURN_DEFAULTS, "max_steps": 10, "history_length": 10}
 ROLE = "You are an agent in a house with a locked vault."
 
 
+def vault_prompt(task: str, observation: str, admissible: list[str], history: list[tuple[str, str]],
+                 history_length: int) -> str:
+    """The user message of a turn (also what the warm start trains on: :mod:`.warmstart`)."""
+    if not history:
+        return first_prompt(ROLE, observation, admissible, task=task)
+    return later_prompt(ROLE, task, observation, admissible, history, history_length)
+
+
 @register(AGENT_NAME)
 class VaultAgentLoop(TurnRowAgentLoop):
     """Plays one vault task; returns one :class:`AgentLoopOutput` per turn."""
@@ -50,9 +58,7 @@ class VaultAgentLoop(TurnRowAgentLoop):
         return obs, done, won, admissible, {**info, WON: won}
 
     def prompt(self, task, observation, admissible, history, history_length) -> str:
-        if not history:
-            return first_prompt(ROLE, observation, admissible, task=task)
-        return later_prompt(ROLE, task, observation, admissible, history, history_length)
+        return vault_prompt(task, observation, admissible, history, history_length)
 
     def episode_fields(self, last_info: dict) -> dict[str, Any]:
         return {"forks_passed": int(last_info.get("forks_passed", 0)),

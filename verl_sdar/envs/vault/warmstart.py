@@ -1,0 +1,211 @@
+"""The vault task's warm start: SFT of a tiny model on a deliberately imperfect expert, and its check.
+
+The demonstrator plays each task as the optimal policy would, except that with probability
+``key_error`` it takes a wrong key (the early decision) and, at each fork without a sign, with
+probability ``fork_error`` it goes the wrong way (a dead end). Every turn becomes one chat sample
+in the ``vault`` agent loop's own prompt format (:func:`.agent_loop.vault_prompt`, the same history
+window) with the response ``<think>...</think><action>...</action>``; a seeded ``fraction`` of the
+tasks also carries the teacher's privileged block with the task's route, so the policy has seen
+prompts with and without it (the SFT and the teacher's sequences are built by the same code as
+ALFWorld's, :mod:`verl_sdar.envs.alfworld.expert_sft`).
+
+:func:`evaluate` plays tasks in lockstep with a local model (outside verl): the student (no block),
+the teacher with the true route and the teacher with a wrong route (another task's), so one can
+check the warm start's headroom before any RL: the student should win roughly 25-45% at
+temperature 1, the true-route teacher clearly more, the wrong-route teacher not.
+
+    python -m verl_sdar.envs.vault.warmstart WORK_DIR [--n-sft 256] [--n-eval 64] [--key-error 0.4]
+        [--fork-error 0.3] [--fraction 0.5] [--epochs 6] [--lr 1e-3] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from verl_sdar.envs.alfworld.expert_sft import (
+    ExpertTurn,
+    chat_ids,
+    privileged_message,
+    sft_rows,
+    sft_train,
+    teacher_blocks,
+)
+from verl_sdar.envs.turn_prompts import format_response, project_action
+from verl_sdar.envs.vault.agent_loop import DEFAULTS, vault_prompt
+from verl_sdar.envs.vault.env import (
+    DIRECTIONS,
+    OPEN,
+    VaultEnv,
+    VaultTask,
+    go,
+    route_text,
+    take,
+)
+
+THOUGHTS = {"take": "The note names the key that opens the vault.",
+            "go": "The sign or the note tells me the way.",
+            "open": "I hold the key and stand before the vault."}
+
+
+def demonstration(task: VaultTask, rng: random.Random, key_error: float, fork_error: float) -> list[str]:
+    """The imperfect expert's actions on ``task`` (see the module docstring)."""
+    wrong_keys = [k for k in task.keys if k != task.key]
+    actions = [take(rng.choice(wrong_keys) if rng.random() < key_error else task.key)]
+    for way, sign in zip(task.ways, task.signs, strict=True):
+        if not sign and rng.random() < fork_error:
+            return [*actions, go(next(d for d in DIRECTIONS if d != way))]
+        actions.append(go(way))
+    return [*actions, OPEN]
+
+
+def demonstration_turns(tasks: list[VaultTask], key_error: float, fork_error: float, seed: int = 0,
+                        history_length: int = DEFAULTS["history_length"]) -> list[ExpertTurn]:
+    """One :class:`ExpertTurn` per demonstrated turn (``game`` = the task id)."""
+    rng = random.Random(seed)
+    turns = []
+    for task in tasks:
+        env = VaultEnv()
+        text, obs, admissible = env.reset(task)
+        history: list[tuple[str, str]] = []
+        for i, action in enumerate(demonstration(task, rng, key_error, fork_error)):
+            prompt = vault_prompt(text, obs, admissible, history, history_length)
+            turns.append(ExpertTurn(task.task_id, f"{task.forks}_forks", i, prompt,
+                                    format_response(THOUGHTS[action.split()[0]], action)))
+            next_obs, done, _, admissible, _ = env.step(action)
+            history.append((obs, action))
+            obs = next_obs
+            if done:
+                break
+    return turns
+
+
+@dataclass
+class Play:
+    task_id: str
+    won: bool
+    right_key: bool
+    forks_passed: int
+    steps: int
+    invalid: int
+
+
+def evaluate(model_dir: str, tasks: list[VaultTask], privileged: Callable[[VaultTask], str] | None = None,
+             temperature: float = 1.0, seed: int = 0, max_steps: int = DEFAULTS["max_steps"],
+             history_length: int = DEFAULTS["history_length"], max_new_tokens: int = 48) -> list[Play]:
+    """Play every task once, in lockstep, decoding at ``temperature`` (0: greedy) after
+    ``torch.manual_seed(seed)``; with ``privileged`` each prompt carries the teacher's block with
+    ``privileged(task)``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from verl_sdar.cpu.hf_generation import HFGenerator, SamplingSpec
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    generator = HFGenerator(model, [tokenizer.eos_token_id], tokenizer.pad_token_id)
+    blocks = teacher_blocks(tokenizer) if privileged else None
+    spec = SamplingSpec(temperature=temperature, top_p=1.0, top_k=-1, repetition_penalty=1.0,
+                        max_tokens=max_new_tokens, logprobs=False, prompt_logprobs=None, ignore_eos=False,
+                        stop_token_ids=())
+    torch.manual_seed(seed)
+    state = []
+    for task in tasks:
+        env = VaultEnv(max_steps=max_steps)
+        text, obs, admissible = env.reset(task)
+        system = privileged_message(privileged(task)) if privileged else None
+        state.append({"env": env, "text": text, "obs": obs, "admissible": admissible, "history": [],
+                      "done": False, "system": system, "play": Play(task.task_id, False, False, 0, 0, 0)})
+    for _ in range(max_steps):
+        active = [s for s in state if not s["done"]]
+        if not active:
+            break
+        prompts = []
+        for s in active:
+            messages = [{"role": "user", "content": vault_prompt(s["text"], s["obs"], s["admissible"], s["history"],
+                                                                  history_length)}]
+            if s["system"]:
+                messages.insert(0, s["system"])
+            prompts.append(chat_ids(tokenizer, messages, blocks if s["system"] else None, add_generation_prompt=True))
+        for s, out in zip(active, generator.generate(prompts, [spec] * len(prompts)), strict=True):
+            projection = project_action(tokenizer.decode(out.token_ids, skip_special_tokens=True))
+            obs, done, won, admissible, info = s["env"].step(projection.action)
+            play = s["play"]
+            play.steps += 1
+            play.invalid += int(not (projection.valid and info["valid_action"]))
+            play.won, play.right_key, play.forks_passed = won, bool(info["right_key"]), info["forks_passed"]
+            s["history"].append((s["obs"], projection.action))
+            s["obs"], s["admissible"], s["done"] = obs, admissible, done
+    return [s["play"] for s in state]
+
+
+def summary(plays: list[Play]) -> dict:
+    n = len(plays)
+    return {"tasks": n, "success": sum(p.won for p in plays) / n, "right_key": sum(p.right_key for p in plays) / n,
+            "mean_forks_passed": sum(p.forks_passed for p in plays) / n,
+            "invalid_per_episode": sum(p.invalid for p in plays) / n}
+
+
+def wrong_routes(tasks: list[VaultTask]) -> Callable[[VaultTask], str]:
+    """Each task's privileged text = the route of the next task (cycling) whose route differs."""
+    routes = {t.task_id: route_text(t) for t in tasks}
+    order = [t.task_id for t in tasks]
+    wrong = {}
+    for k, tid in enumerate(order):
+        wrong[tid] = next(routes[order[(k + j) % len(order)]] for j in range(1, len(order))
+                          if routes[order[(k + j) % len(order)]] != routes[tid])
+    return lambda task: wrong[task.task_id]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m verl_sdar.envs.vault.warmstart", description=__doc__.split("\n\n")[0])
+    p.add_argument("work")
+    p.add_argument("--n-sft", type=int, default=256)
+    p.add_argument("--n-eval", type=int, default=64)
+    p.add_argument("--forks", type=int, nargs="+", default=[3, 4])
+    p.add_argument("--key-error", type=float, default=0.4)
+    p.add_argument("--fork-error", type=float, default=0.3)
+    p.add_argument("--fraction", type=float, default=0.5)
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--vocab-size", type=int, default=1024)
+    p.add_argument("--hidden-size", type=int, default=128)
+    p.add_argument("--num-layers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    from verl_sdar.envs.vault.dataset import draw
+    from verl_sdar.tiny_model import build_tiny_model
+
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    # SFT tasks: their own seed, none of the dataset builder's splits (seeds 10s+1..4 there)
+    sft_tasks = draw(a.n_sft, a.forks, 7919 + a.seed, 0.5, "sft")
+    eval_tasks = draw(a.n_eval, a.forks, 7907 + a.seed, 0.5, "wseval")
+    turns = demonstration_turns(sft_tasks, a.key_error, a.fork_error, seed=a.seed)
+    routes = {t.task_id: route_text(t) for t in sft_tasks}
+    rows = sft_rows(turns, routes.__getitem__, a.fraction, seed=a.seed)
+    corpus = [m["content"] for row in rows for m in row["messages"]]  # the tokenizer learns the task's words
+    base = build_tiny_model(work / "base", seed=a.seed, vocab_size=a.vocab_size, hidden_size=a.hidden_size,
+                            num_layers=a.num_layers, max_position_embeddings=4096, extra_corpus=corpus)
+    log = sft_train(str(base), rows, str(work / "model"), epochs=a.epochs, lr=a.lr, seed=a.seed, max_length=4096)
+    report = {"command": " ".join(["python -m verl_sdar.envs.vault.warmstart", *(argv or [])]),
+              "sft_samples": len(rows), "sft_final_loss": log[-1]["loss"] if log else None}
+    for name, privileged in (("student", None), ("teacher_true_route", route_text),
+                             ("teacher_wrong_route", wrong_routes(eval_tasks))):
+        for temperature in (1.0, 0.0):
+            plays = evaluate(str(work / "model"), eval_tasks, privileged, temperature=temperature, seed=a.seed)
+            report[f"{name}@T={temperature:g}"] = summary(plays)
+    report["seconds"] = round(time.time() - start, 1)
+    (work / "warmstart.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
