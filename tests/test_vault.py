@@ -76,7 +76,8 @@ def test_inadmissible_text_changes_nothing_and_costs_a_turn():
 
 def test_generated_tasks_are_distinct_valid_and_the_optimal_policy_wins_each():
     tasks = generate_tasks(200, 4, seed=3)
-    assert len({(t.keys, t.key, t.ways, t.signs) for t in tasks}) == 200
+    assert len({t.signature for t in tasks}) == 200 and tasks[0].signature == (tasks[0].keys, tasks[0].key,
+                                                                               tasks[0].ways, tasks[0].signs)
     assert generate_tasks(200, 4, seed=3) == tasks  # deterministic
     for task in tasks:
         assert not all(task.signs)  # the note always matters
@@ -97,7 +98,7 @@ def test_datasets_have_disjoint_splits_and_the_noisy_half_carries_another_tasks_
     signatures = {}
     for name in ("train", "val", "pilot", "ood"):
         tasks = [VaultTask.from_dict(json.loads(e["vault_task"])) for e in frames[name]["extra_info"]]
-        signatures[name] = {(t.keys, t.key, t.ways, t.signs) for t in tasks}
+        signatures[name] = {t.signature for t in tasks}
         assert set(frames[name]["agent_name"]) == {"vault"}
         forks = {t.forks for t in tasks}
         assert forks == ({6} if name == "ood" else {3, 4})

@@ -26,11 +26,10 @@ source: ``column`` reads ``extra_info[sdar.privileged.key]``; ``skills`` retriev
 The text goes in front of the user message's text in the reference's format,
 :func:`skill_prefix`: ``"[Privileged Skill Information]\n{text}\n\n"``, inside the chat template's
 user turn (the reference prefixes the observation text it puts in the user turn). An agent loop
-calls :func:`student_privileged` once (``None``: off); then, with ``.per_turn``, each turn
-``.prefix(extra_info, prompt=<the turn's user message>)``, else once per episode
-``.prefix(extra_info, prompt=<the task text>)``; libraries are loaded once per process. A row
-carrying ``NO_STUDENT_SKILLS`` (the trainer's second validation pass, ``val_no_skill/*``) gets no
-block: :func:`student_privileged_for`.
+calls :func:`student_privileged` once (``None``: off) and then, every turn,
+:func:`student_turn_prefix` (the turn's user message with ``per_turn``, else the task text);
+libraries are loaded once per process. A row carrying ``NO_STUDENT_SKILLS`` (the trainer's second
+validation pass, ``val_no_skill/*``) gets no block.
 """
 
 from __future__ import annotations
@@ -316,3 +315,15 @@ def student_privileged_for(student: StudentPrivileged | None, row: Mapping[str, 
     carries ``NO_STUDENT_SKILLS`` (the trainer's validation pass without skills)."""
     flag = row.get(NO_STUDENT_SKILLS)
     return None if flag is not None and bool(flag) else student
+
+
+def student_turn_prefix(student: StudentPrivileged | None, row: Mapping[str, Any], extra_info: Mapping[str, Any],
+                        task_text: str, message: Callable[[], str]) -> str:
+    """The Skill-GRPO block in front of one turn's user message, the one rule of every agent loop:
+    ``""`` when Skill-GRPO is off or the row is flagged (:func:`student_privileged_for`); with
+    ``per_turn`` retrieved from ``message()`` (that turn's whole user message, built only then),
+    else from ``task_text`` (the episode's task: the same every turn)."""
+    student = student_privileged_for(student, row)
+    if student is None:
+        return ""
+    return student.prefix(extra_info, prompt=message() if student.per_turn else task_text)

@@ -76,7 +76,7 @@ from verl_sdar.envs.contract import (
 )
 from verl_sdar.envs.loop_base import EnvAgentLoop
 from verl_sdar.envs.turn_prompts import clip_text, project_action
-from verl_sdar.privileged import student_privileged, student_privileged_for
+from verl_sdar.privileged import student_privileged, student_turn_prefix
 from verl_sdar.request_identity import request_identity
 
 logger = logging.getLogger(__name__)
@@ -235,15 +235,15 @@ class TurnRowAgentLoop(EnvAgentLoop):
                     error, base, plain(kwargs.get("global_steps")), kind=error_kind("reset", e)
                 )]
 
-            student = student_privileged_for(self.student_privileged, row)
-            per_turn = student is not None and student.per_turn
-            skill = "" if student is None or per_turn else student.prefix(extra_info, prompt=task or obs)
+            episode_text = task or obs  # what per-episode keyword strategies match
             history: list[tuple[str, str]] = []
             env_time = 0.0
             for turn in range(self.max_steps):
-                if per_turn:  # the reference's Skill-GRPO: this turn's whole user message decides
-                    shown = min(max(self.history_length, 0), len(history))
-                    skill = student.prefix(extra_info, prompt=self.prompt(task, obs, admissible, history, shown))
+                shown = min(max(self.history_length, 0), len(history))
+                skill = student_turn_prefix(  # this turn's whole user message, built only when asked for
+                    self.student_privileged, row, extra_info, episode_text,
+                    lambda o=obs, a=admissible, n=shown: self.prompt(task, o, a, history, n),
+                )
                 prompt_ids = await self.fit_turn_prompt(skill, task, obs, admissible, history)
                 metrics: dict[str, Any] = {}
                 with simple_timer("generate_sequences", metrics):

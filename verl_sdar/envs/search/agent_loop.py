@@ -68,7 +68,7 @@ from verl_sdar.envs.search.loop_common import (  # noqa: F401 - DEFAULTS, get_re
     turn_rows_selected,
 )
 from verl_sdar.envs.search.prompts import INVALID_FEEDBACK, build_prompt, information_block, parse_action
-from verl_sdar.privileged import student_privileged, student_privileged_for
+from verl_sdar.privileged import student_privileged, student_turn_prefix
 from verl_sdar.envs.search.reward import exact_match, golden_answers
 from verl_sdar.envs.search.turn_agent_loop import SearchTurnAgentLoop
 from verl_sdar.request_identity import request_identity
@@ -136,13 +136,8 @@ class SearchAgentLoop(EnvAgentLoop):
         # Skill-GRPO: the row's skills in front of the student's own prompt ("" when off). One
         # sequence for the whole episode: its prompt is written once, so even with
         # sdar.student_skills=per_turn the skills are chosen once, from that first user message.
-        student = student_privileged_for(self.student_privileged, row)
-        if student is None:
-            prefix = ""
-        elif student.per_turn:
-            prefix = student.prefix(extra_info, prompt=build_prompt(question, self.max_steps))
-        else:
-            prefix = student.prefix(extra_info, prompt=question)
+        prefix = student_turn_prefix(self.student_privileged, row, extra_info, question,
+                                     lambda: build_prompt(question, self.max_steps))
         prompt_ids = await self.fit_prompt(question, prefix)
         response_ids: list[int] = []
         mask: list[int] = []

@@ -82,7 +82,7 @@ from verl_sdar.envs.search.prompts import (
 )
 from verl_sdar.envs.search.reward import exact_match, golden_answers
 from verl_sdar.envs.turn_loop import TurnRowAgentLoop
-from verl_sdar.privileged import student_privileged_for
+from verl_sdar.privileged import student_turn_prefix
 from verl_sdar.request_identity import request_identity
 
 DEFAULTS: dict[str, Any] = {**EPISODE_DEFAULTS, "turn_rows": True}
@@ -114,12 +114,8 @@ class SearchTurnAgentLoop(TurnRowAgentLoop):
         from this turn's whole user message, else from the question (the same every turn). None
         for a row flagged ``NO_STUDENT_SKILLS``. :meth:`fit_prompt` never cuts it.
         """
-        student = student_privileged_for(self.student_privileged, row)
-        if student is None:
-            return ""
-        if not student.per_turn:
-            return student.prefix(extra_info, prompt=question)
-        return student.prefix(extra_info, prompt=turn_prompt(question, history, self.max_steps, self.history_length))
+        return student_turn_prefix(self.student_privileged, row, extra_info, question,
+                                   lambda: turn_prompt(question, history, self.max_steps, self.history_length))
 
     async def fit_prompt(self, question: str, history: list[Turn], prefix: str = "") -> list[int]:
         """The token ids of the turn prompt (``prefix`` + :func:`turn_prompt`), at most

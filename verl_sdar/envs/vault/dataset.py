@@ -24,7 +24,7 @@ import random
 from pathlib import Path
 
 from verl_sdar.envs.contract import VAULT_TASK, dataset_row
-from verl_sdar.envs.vault.env import VaultTask, generate_tasks, route_text, task_text
+from verl_sdar.envs.vault.env import VaultTask, generate_tasks, other_routes, route_text, task_text
 
 AGENT_NAME = "vault"
 DATA_SOURCE = "vault"
@@ -64,19 +64,12 @@ def draw(n: int, forks: list[int], seed: int, sign_share: float, prefix: str) ->
 
 
 def noisy_routes(tasks: list[VaultTask]) -> tuple[list[str], list[bool]]:
-    """Odd positions get the route of another odd-position task (the next one, cycling, whose
-    route differs from the task's own: two tasks may share a route), even positions their own."""
-    routes = [route_text(t) for t in tasks]
+    """Odd positions get the route of another odd-position task (:func:`.env.other_routes` among
+    them), even positions their own; the flags mark the odd ones."""
+    out, flags = [route_text(t) for t in tasks], [False] * len(tasks)
     odd = list(range(1, len(tasks), 2))
-    out, flags = list(routes), [False] * len(tasks)
-    for k, i in enumerate(odd):
-        for step in range(1, len(odd)):
-            j = odd[(k + step) % len(odd)]
-            if routes[j] != routes[i]:
-                out[i], flags[i] = routes[j], True
-                break
-        else:
-            raise ValueError("vault noisy condition: every odd-position task has the same route")
+    for i, route in zip(odd, other_routes([tasks[i] for i in odd]), strict=True):
+        out[i], flags[i] = route, True
     return out, flags
 
 
@@ -95,10 +88,9 @@ def build(out_dir: str | Path, n_train: int = 256, n_val: int = 64, n_pilot: int
     seen = {}
     for name, tasks in splits.items():  # no task in two splits
         for t in tasks:
-            signature = (t.keys, t.key, t.ways, t.signs)
-            if signature in seen and seen[signature] != name:
-                raise ValueError(f"vault task drawn for both {seen[signature]} and {name}; use another seed")
-            seen[signature] = name
+            if t.signature in seen and seen[t.signature] != name:
+                raise ValueError(f"vault task drawn for both {seen[t.signature]} and {name}; use another seed")
+            seen[t.signature] = name
     counts = {}
     for name, tasks in splits.items():
         pd.DataFrame(make_rows(tasks, name)).to_parquet(out / f"{name}.parquet")

@@ -59,6 +59,11 @@ class VaultTask:
     def forks(self) -> int:
         return len(self.ways)
 
+    @property
+    def signature(self) -> tuple:
+        """What makes two tasks the same game (everything but the id)."""
+        return self.keys, self.key, self.ways, self.signs
+
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
@@ -85,11 +90,11 @@ def generate_tasks(n: int, forks: int, seed: int, sign_share: float = 0.5, prefi
         signs = [rng.random() < sign_share for _ in range(forks)]
         if all(signs):
             signs[rng.randrange(forks)] = False
-        signature = (keys, key, ways, tuple(signs))
-        if signature in seen:
+        task = VaultTask(f"{prefix}{len(tasks)}", keys, key, ways, tuple(signs))
+        if task.signature in seen:
             continue
-        seen.add(signature)
-        tasks.append(VaultTask(f"{prefix}{len(tasks)}", keys, key, ways, tuple(signs)))
+        seen.add(task.signature)
+        tasks.append(task)
     if len(tasks) < n:
         raise ValueError(f"could not draw {n} distinct vault tasks with {forks} forks")
     return tasks
@@ -109,6 +114,20 @@ def route_text(task: VaultTask) -> str:
     """The privileged text: the whole route."""
     ways = ", ".join(f"at fork {i + 1} go {w}" for i, w in enumerate(task.ways))
     return f"Route: take the {task.key} key; {ways}; then open the vault."
+
+
+def other_routes(tasks: list[VaultTask]) -> list[str]:
+    """For each task, the route of the next task in the list (cycling) whose route differs from its
+    own (two tasks may share a route): a wrong privileged text for every task."""
+    routes = [route_text(t) for t in tasks]
+    out = []
+    for k, route in enumerate(routes):
+        other = next((routes[(k + j) % len(routes)] for j in range(1, len(routes))
+                      if routes[(k + j) % len(routes)] != route), None)
+        if other is None:
+            raise ValueError("vault tasks: every task has the same route, none can get another's")
+        out.append(other)
+    return out
 
 
 def expert_actions(task: VaultTask) -> list[str]:

@@ -38,12 +38,14 @@ from verl_sdar.envs.alfworld.expert_sft import (
 )
 from verl_sdar.envs.turn_prompts import format_response, project_action
 from verl_sdar.envs.vault.agent_loop import DEFAULTS, vault_prompt
+from verl_sdar.envs.vault.dataset import draw, task_type
 from verl_sdar.envs.vault.env import (
     DIRECTIONS,
     OPEN,
     VaultEnv,
     VaultTask,
     go,
+    other_routes,
     route_text,
     take,
 )
@@ -75,7 +77,7 @@ def demonstration_turns(tasks: list[VaultTask], key_error: float, fork_error: fl
         history: list[tuple[str, str]] = []
         for i, action in enumerate(demonstration(task, rng, key_error, fork_error)):
             prompt = vault_prompt(text, obs, admissible, history, history_length)
-            turns.append(ExpertTurn(task.task_id, f"{task.forks}_forks", i, prompt,
+            turns.append(ExpertTurn(task.task_id, task_type(task), i, prompt,
                                     format_response(THOUGHTS[action.split()[0]], action)))
             next_obs, done, _, admissible, _ = env.step(action)
             history.append((obs, action))
@@ -152,13 +154,8 @@ def summary(plays: list[Play]) -> dict:
 
 
 def wrong_routes(tasks: list[VaultTask]) -> Callable[[VaultTask], str]:
-    """Each task's privileged text = the route of the next task (cycling) whose route differs."""
-    routes = {t.task_id: route_text(t) for t in tasks}
-    order = [t.task_id for t in tasks]
-    wrong = {}
-    for k, tid in enumerate(order):
-        wrong[tid] = next(routes[order[(k + j) % len(order)]] for j in range(1, len(order))
-                          if routes[order[(k + j) % len(order)]] != routes[tid])
+    """Each task's privileged text = another task's route (:func:`.env.other_routes`)."""
+    wrong = dict(zip((t.task_id for t in tasks), other_routes(tasks), strict=True))
     return lambda task: wrong[task.task_id]
 
 
@@ -178,7 +175,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-layers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    from verl_sdar.envs.vault.dataset import draw
     from verl_sdar.tiny_model import build_tiny_model
 
     work = Path(a.work)
