@@ -14,9 +14,11 @@ TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.verl-sdar-installed
 PYTEST_ARGS ?=
 # Test files run side by side in TEST_WORKERS processes (pytest-xdist; a file's tests stay in one
-# process, so module fixtures run once). 2 fits the 2-core CI machine; TEST_WORKERS=0 runs serially.
+# process, so module fixtures run once), longest files first (tests/conftest.py's FILE_SECONDS;
+# --no-loadscope-reorder keeps that order instead of xdist's most-tests-first).
+# 2 fits the 2-core CI machine; TEST_WORKERS=0 runs serially.
 TEST_WORKERS ?= 2
-XDIST := $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadfile)
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 .PHONY: install test test-fast lint demo clean install-vllm test-vllm
 

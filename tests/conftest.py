@@ -1,9 +1,10 @@
 """Shared fixtures, and the test tiers (markers registered in pyproject.toml).
 
-The small ALFWorld set (2 tasks per type per split, seed 0) is generated once per test session
-into a pytest temporary folder (``alfworld_small``): it embeds alfworld's PDDL domain and grammar,
-which are alfworld's files, so the repository ships the generator, not the games. Tests write
-generated data only under pytest's temporary folders, never into the checkout.
+The small ALFWorld set (2 tasks per type per split, seed 0) is generated once per pytest run
+(shared by the xdist workers) into a pytest temporary folder (``alfworld_small``): it embeds
+alfworld's PDDL domain and grammar, which are alfworld's files, so the repository ships the
+generator, not the games. Tests write generated data only under pytest's temporary folders, never
+into the checkout.
 
 Tiers: every test gets exactly one of ``unit``, ``envs``, ``e2e`` or ``vllm`` (``make test-fast`` runs
 ``-m "unit or envs"``):
@@ -42,15 +43,31 @@ ALFWORLD_SMALL_ARGS = ["--n-train", "12", "--n-eval-seen", "12", "--n-eval-unsee
                        "--no-initial-state", "--quiet"]
 
 
+def shared_temp(tmp_path_factory) -> Path:
+    """A temporary folder every process of this pytest run sees: with pytest-xdist (``make test``
+    runs ``-n 2``), the parent of the workers' own base folders; else the base folder itself."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def alfworld_small(tmp_path_factory) -> Path:
-    """The small ALFWorld set, generated once per session under pytest's temporary folder."""
+    """The small ALFWorld set, generated once per pytest run under pytest's temporary folder (once
+    for all xdist workers: the first to ask generates it under a file lock, the others wait for it
+    and reuse it; tests that change games copy it first)."""
     pytest.importorskip("alfworld")
-    out = tmp_path_factory.mktemp("alfworld") / "data_small"
-    subprocess.run(
-        [sys.executable, "-m", "verl_sdar.envs.alfworld.generate", str(out), *ALFWORLD_SMALL_ARGS],
-        check=True,
-    )
+    from filelock import FileLock
+
+    root = shared_temp(tmp_path_factory) / "alfworld_small"
+    root.mkdir(exist_ok=True)
+    out, done = root / "data_small", root / "complete"
+    with FileLock(str(root / "lock")):
+        if not done.exists():
+            subprocess.run(
+                [sys.executable, "-m", "verl_sdar.envs.alfworld.generate", str(out), *ALFWORLD_SMALL_ARGS],
+                check=True,
+            )
+            done.touch()
     return out
 
 
@@ -115,7 +132,7 @@ TEST_TIERS: dict[str, str] = {
     "test_tiny_model.py::test_cli": "e2e",                                       # a fresh process builds the model
     # 63 GPU recipes composed each (about 2 minutes together): make test runs them, test-fast does not
     "test_recipes.py::test_gpu_recipes_compose_with_the_paper_hyperparameters": "e2e",
-    "test_fidelity.py::test_every_gpu_recipe_agrees_with_the_fidelity_table": "e2e",
+    "test_recipes.py::test_every_gpu_recipe_agrees_with_the_fidelity_table": "e2e",
     "test_plugin.py::test_no_cpu_patch_is_active_in_a_process_whose_platform_is_not_cpu": "e2e",  # a fresh process
 }
 RAY_FIXTURES = {"ray_cluster"}
@@ -174,8 +191,32 @@ def tier_of(item: pytest.Item) -> str | None:
     return MODULE_TIERS.get(name)
 
 
+# Longest files first. ``make test`` hands whole files to 2 xdist workers in collection order
+# (``--dist loadfile --no-loadscope-reorder``; xdist's own reordering puts the files with the most
+# tests first, which left the longest e2e file to run alone at the end). Seconds per file (all tiers)
+# from the last full run measured (docs/testing.md); a file not listed goes after these, in pytest's
+# order. The order only changes when a file starts, never what a test checks.
+FILE_SECONDS = {
+    "test_e2e_cpu.py": 799, "test_teacher_model.py": 377, "test_skill_grpo.py": 415,
+    "test_alfworld_agent_loop.py": 379, "test_faults.py": 299, "test_search.py": 301, "test_learning.py": 270,
+    "test_wheel.py": 152, "test_webshop.py": 153, "test_recipes.py": 81, "test_fidelity.py": 71,
+    "test_plugin_import_cost.py": 96, "test_multinode.py": 94, "test_alfworld_generator.py": 84,
+    "test_config_reference.py": 43, "test_config.py": 62, "test_plugin.py": 48, "test_console.py": 38,
+    "test_hf_rollout.py": 31, "test_alfworld_warmstart.py": 29, "test_hostile_output.py": 18,
+    "test_dataset_validation.py": 16, "test_cpu_platform.py": 16, "test_group_sampling.py": 13,
+}
+
+
+def _file_order(items: list) -> list:
+    first_seen = {}
+    for item in items:
+        first_seen.setdefault(item.path.name, len(first_seen))
+    return sorted(items, key=lambda item: (-FILE_SECONDS.get(item.path.name, 0), first_seen[item.path.name]))
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest's own hook deselects by -m
 def pytest_collection_modifyitems(config, items):
+    items[:] = _file_order(items)
     unclassified = set()
     for item in items:
         tier = tier_of(item)

@@ -6,6 +6,7 @@ otherwise be merged silently), that the verl dataclasses accept the result, and 
 hyperparameters are the ones set.
 """
 
+import pickle
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,20 @@ OWN_SECTIONS = {"env", "sdar", "model_tag"}
 def compose_recipe(folder: str, name: str, *overrides: str):
     with initialize_config_dir(config_dir=str(REPO / "recipes" / folder), version_base=None):
         return compose(name, overrides=list(overrides))
+
+
+_GPU_RECIPES: dict[tuple[str, str, str], bytes] = {}
+
+
+def composed_gpu_recipe(env: str, method: str, policy: str):
+    """``recipes/<env>/<method>.yaml`` with ``policy=<policy>``, composed and resolved once per process
+    (both checks of every GPU recipe below read it); each call returns a copy of its own."""
+    key = (env, method, policy)
+    if key not in _GPU_RECIPES:
+        cfg = compose_recipe(env, method, f"policy={policy}")  # the skill library by name: any working folder
+        OmegaConf.resolve(cfg)
+        _GPU_RECIPES[key] = pickle.dumps(cfg)
+    return pickle.loads(_GPU_RECIPES[key])
 
 
 def stock_verl():
@@ -128,8 +143,7 @@ def test_gpu_recipes_compose_with_the_paper_hyperparameters(env, algorithm, poli
     from verl.utils.config import omega_conf_to_dataclass, validate_config
 
     monkeypatch.chdir(tmp_path)  # the recipes name a shipped skill library: no working folder needed
-    cfg = compose_recipe(env, algorithm, f"policy={policy}")
-    OmegaConf.resolve(cfg)
+    cfg = composed_gpu_recipe(env, algorithm, policy)
     paper = ENVS[env][1]
     a = cfg.actor_rollout_ref
     assert a.model.path == POLICIES[policy]
@@ -171,6 +185,18 @@ def test_gpu_recipes_compose_with_the_paper_hyperparameters(env, algorithm, poli
     omega_conf_to_dataclass(a.actor)
     omega_conf_to_dataclass(a.rollout)
     validate_config(cfg, use_reference_policy=True, use_critic=False)
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+@pytest.mark.parametrize("env,method", CASES)
+def test_every_gpu_recipe_agrees_with_the_fidelity_table(env, method, policy):
+    """docs/fidelity.md's table against every GPU recipe (the table's reader and its other checks are
+    tests/test_fidelity.py's; this check lives here to read the compositions of the test above)."""
+    from test_fidelity import composed, mismatches, table
+
+    cfg, sdar = composed(env, method, policy)
+    problems = mismatches(table(), env, method, policy, cfg, sdar)
+    assert not problems, "\n".join(problems)
 
 
 def test_a_missing_skill_library_fails_at_job_start_naming_the_key(tmp_path, monkeypatch):
