@@ -194,16 +194,15 @@ def tier_of(item: pytest.Item) -> str | None:
 # Longest files first. ``make test`` hands whole files to 2 xdist workers in collection order
 # (``--dist loadfile --no-loadscope-reorder``; xdist's own reordering puts the files with the most
 # tests first, which left the longest e2e file to run alone at the end). Seconds per file (all tiers)
-# from the last full run measured (docs/testing.md); a file not listed goes after these, in pytest's
-# order. The order only changes when a file starts, never what a test checks.
+# from the last full run measured (docs/testing/durations_4aacda9.md); a file not listed goes after
+# these, in pytest's order. The order only changes when a file starts, never what a test checks.
 FILE_SECONDS = {
-    "test_e2e_cpu.py": 799, "test_teacher_model.py": 377, "test_skill_grpo.py": 415,
-    "test_alfworld_agent_loop.py": 379, "test_faults.py": 299, "test_search.py": 301, "test_learning.py": 270,
-    "test_wheel.py": 152, "test_webshop.py": 153, "test_recipes.py": 81, "test_fidelity.py": 71,
-    "test_plugin_import_cost.py": 96, "test_multinode.py": 94, "test_alfworld_generator.py": 84,
-    "test_config_reference.py": 43, "test_config.py": 62, "test_plugin.py": 48, "test_console.py": 38,
-    "test_hf_rollout.py": 31, "test_alfworld_warmstart.py": 29, "test_hostile_output.py": 18,
-    "test_dataset_validation.py": 16, "test_cpu_platform.py": 16, "test_group_sampling.py": 13,
+    "test_e2e_cpu.py": 561, "test_search.py": 354, "test_learning.py": 271, "test_skill_grpo.py": 268,
+    "test_teacher_model.py": 264, "test_alfworld_agent_loop.py": 241, "test_faults.py": 225, "test_webshop.py": 138,
+    "test_wheel.py": 122, "test_multinode.py": 116, "test_recipes.py": 90, "test_alfworld_generator.py": 89,
+    "test_config.py": 61, "test_plugin_import_cost.py": 52, "test_config_reference.py": 42, "test_plugin.py": 32,
+    "test_alfworld_warmstart.py": 29, "test_hf_rollout.py": 28, "test_console.py": 22, "test_hostile_output.py": 16,
+    "test_dataset_validation.py": 13, "test_group_sampling.py": 13,
 }
 
 
