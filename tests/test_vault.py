@@ -180,6 +180,28 @@ def test_the_imperfect_demonstrator_errs_at_its_stated_rates():
     assert turns[1].response.endswith(f"<action>{go(tasks[0].ways[0])}</action>")
 
 
+def test_warm_start_set_follows_the_route_where_it_shows_it_and_adds_key_turns():
+    """Routed tasks are demonstrated without errors and carry their route; the others make the
+    demonstrator's errors and carry none; key tasks add their first turn only."""
+    from verl_sdar.envs.vault.warmstart import routed_tasks, sft_set
+
+    tasks, key_tasks = generate_tasks(40, 3, seed=3), generate_tasks(60, 3, seed=4, prefix="k")
+    rows = sft_set(tasks, key_tasks, key_error=1.0, fork_error=1.0, fraction=0.5, seed=0)
+    routed = routed_tasks(tasks, 0.5, 0) | routed_tasks(key_tasks, 0.5, 1)
+    assert 0 < len(routed & {t.task_id for t in tasks}) < 40
+    by_id = {t.task_id: t for t in [*tasks, *key_tasks]}
+    for row in rows:
+        task, action = by_id[row["game"]], row["messages"][-1]["content"]
+        assert row["with_privileged"] == (row["game"] in routed)
+        if row["with_privileged"]:
+            assert row["messages"][0]["content"].endswith(route_text(task))
+        if row["turn"] == 0:  # the key: right iff routed (key_error 1.0 otherwise)
+            assert (take(task.key) in action) == row["with_privileged"], (row["game"], action)
+    key_rows = [r for r in rows if r["game"].startswith("k")]
+    assert len(key_rows) == 60 and all(r["turn"] == 0 for r in key_rows)
+    assert {r["game"] for r in rows} == set(by_id)
+
+
 def test_warm_start_evaluation_plays_student_and_teacher_prompts(tmp_path):
     """A model SFT'd for one epoch on a few demonstrations plays tasks in lockstep, with and without
     the teacher's block; every play ends within the step cap."""

@@ -4,18 +4,24 @@ The demonstrator plays each task as the optimal policy would, except that with p
 ``key_error`` it takes a wrong key (the early decision) and, at each fork without a sign, with
 probability ``fork_error`` it goes the wrong way (a dead end). Every turn becomes one chat sample
 in the ``vault`` agent loop's own prompt format (:func:`.agent_loop.vault_prompt`, the same history
-window) with the response ``<think>...</think><action>...</action>``; a seeded ``fraction`` of the
-tasks also carries the teacher's privileged block with the task's route, so the policy has seen
-prompts with and without it (the SFT and the teacher's sequences are built by the same code as
-ALFWorld's, :mod:`verl_sdar.envs.alfworld.expert_sft`).
+window) with the response ``<think>...</think><action>...</action>``. A seeded ``fraction`` of the
+tasks carries the teacher's privileged block with the task's route, and those tasks are
+demonstrated without errors (the route is followed): the policy learns that a route in its
+prompt is to be followed, which is what lets the teacher beat the student (and a wrong route lead
+it astray). The SFT and the teacher's sequences are built by the same code as ALFWorld's
+(:mod:`verl_sdar.envs.alfworld.expert_sft`).
+
+The early decision is one turn of an episode, so besides the ``n_sft`` whole episodes the SFT set
+holds the first turn only (the key) of ``n_key`` more tasks, demonstrated and routed by the same
+rules: copying the note's colour is what a model trained from scratch learns last.
 
 :func:`evaluate` plays tasks in lockstep with a local model (outside verl): the student (no block),
 the teacher with the true route and the teacher with a wrong route (another task's), so one can
 check the warm start's headroom before any RL: the student should win roughly 25-45% at
 temperature 1, the true-route teacher clearly more, the wrong-route teacher not.
 
-    python -m verl_sdar.envs.vault.warmstart WORK_DIR [--n-sft 256] [--n-eval 64] [--key-error 0.4]
-        [--fork-error 0.3] [--fraction 0.5] [--epochs 6] [--lr 1e-3] [--seed 0]
+    python -m verl_sdar.envs.vault.warmstart WORK_DIR [--n-sft 256] [--n-key 0] [--n-eval 64]
+        [--key-error 0.4] [--fork-error 0.3] [--fraction 0.5] [--epochs 6] [--lr 1e-3] [--seed 0]
 """
 
 from __future__ import annotations
@@ -85,6 +91,35 @@ def demonstration_turns(tasks: list[VaultTask], key_error: float, fork_error: fl
             if done:
                 break
     return turns
+
+
+def routed_tasks(tasks: list[VaultTask], fraction: float, seed: int) -> frozenset[str]:
+    """The ids of a seeded ``fraction`` of ``tasks``: the tasks whose samples carry the route."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    rng = random.Random(seed)
+    return frozenset(t.task_id for t in tasks if rng.random() < fraction)
+
+
+def sft_set(tasks: list[VaultTask], key_tasks: list[VaultTask], key_error: float, fork_error: float,
+            fraction: float, seed: int = 0) -> list[dict]:
+    """The SFT rows: every turn of ``tasks`` and the first turn of ``key_tasks``; a routed task
+    (:func:`routed_tasks`) is demonstrated without errors and its rows carry its route."""
+    rows = []
+    for offset, group, first_only in ((0, tasks, False), (1, key_tasks, True)):
+        routed = routed_tasks(group, fraction, seed + offset)
+        for with_route in (True, False):
+            chosen = [t for t in group if (t.task_id in routed) == with_route]
+            if not chosen:
+                continue
+            errors = (0.0, 0.0) if with_route else (key_error, fork_error)
+            turns = demonstration_turns(chosen, *errors, seed=seed + offset)
+            if first_only:
+                turns = [t for t in turns if t.turn == 0]
+            routes = {t.task_id: route_text(t) for t in chosen}
+            rows += sft_rows(turns, routes.__getitem__ if with_route else None, 1.0 if with_route else 0.0,
+                             seed=seed)
+    return rows
 
 
 @dataclass
@@ -163,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m verl_sdar.envs.vault.warmstart", description=__doc__.split("\n\n")[0])
     p.add_argument("work")
     p.add_argument("--n-sft", type=int, default=256)
+    p.add_argument("--n-key", type=int, default=0, help="tasks whose first turn (the key) is added to the SFT set")
     p.add_argument("--n-eval", type=int, default=64)
     p.add_argument("--forks", type=int, nargs="+", default=[3, 4])
     p.add_argument("--key-error", type=float, default=0.4)
@@ -183,15 +219,19 @@ def main(argv: list[str] | None = None) -> int:
     # SFT tasks: their own seed, none of the dataset builder's splits (seeds 10s+1..4 there)
     sft_tasks = draw(a.n_sft, a.forks, 7919 + a.seed, 0.5, "sft")
     eval_tasks = draw(a.n_eval, a.forks, 7907 + a.seed, 0.5, "wseval")
-    turns = demonstration_turns(sft_tasks, a.key_error, a.fork_error, seed=a.seed)
-    routes = {t.task_id: route_text(t) for t in sft_tasks}
-    rows = sft_rows(turns, routes.__getitem__, a.fraction, seed=a.seed)
+    key_tasks = draw(a.n_key, a.forks, 7927 + a.seed, 0.5, "key") if a.n_key else []
+    # no game of the evaluation is trained on (the draws use other seeds, but the task space is small)
+    held_out = {t.signature for t in eval_tasks}
+    sft_tasks = [t for t in sft_tasks if t.signature not in held_out]
+    key_tasks = [t for t in key_tasks if t.signature not in held_out]
+    rows = sft_set(sft_tasks, key_tasks, a.key_error, a.fork_error, a.fraction, seed=a.seed)
     corpus = [m["content"] for row in rows for m in row["messages"]]  # the tokenizer learns the task's words
     base = build_tiny_model(work / "base", seed=a.seed, vocab_size=a.vocab_size, hidden_size=a.hidden_size,
                             num_layers=a.num_layers, max_position_embeddings=4096, extra_corpus=corpus)
     log = sft_train(str(base), rows, str(work / "model"), epochs=a.epochs, lr=a.lr, seed=a.seed, max_length=4096)
     report = {"command": " ".join(["python -m verl_sdar.envs.vault.warmstart", *(argv or [])]),
-              "sft_samples": len(rows), "sft_final_loss": log[-1]["loss"] if log else None}
+              "sft_tasks": len(sft_tasks), "key_tasks": len(key_tasks), "sft_samples": len(rows), "sft_samples_with_route": sum(r["with_privileged"] for r in rows),
+              "sft_final_loss": log[-1]["loss"] if log else None}
     for name, privileged in (("student", None), ("teacher_true_route", route_text),
                              ("teacher_wrong_route", wrong_routes(eval_tasks))):
         for temperature in (1.0, 0.0):
