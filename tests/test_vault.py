@@ -182,14 +182,16 @@ def test_the_imperfect_demonstrator_errs_at_its_stated_rates():
 
 def test_warm_start_set_follows_the_route_where_it_shows_it_and_adds_key_turns():
     """Routed tasks are demonstrated without errors and carry their route; the others make the
-    demonstrator's errors and carry none; key tasks add their first turn only."""
+    demonstrator's errors and carry none; key tasks add their first turn only, fork tasks their
+    fork turns only."""
     from verl_sdar.envs.vault.warmstart import routed_tasks, sft_set
 
     tasks, key_tasks = generate_tasks(40, 3, seed=3), generate_tasks(60, 3, seed=4, prefix="k")
-    rows = sft_set(tasks, key_tasks, key_error=1.0, fork_error=1.0, fraction=0.5, seed=0)
-    routed = routed_tasks(tasks, 0.5, 0) | routed_tasks(key_tasks, 0.5, 1)
+    fork_tasks = generate_tasks(30, 3, seed=5, prefix="f")
+    rows = sft_set(tasks, key_tasks, key_error=1.0, fork_error=0.0, fraction=0.5, seed=0, fork_tasks=fork_tasks)
+    routed = routed_tasks(tasks, 0.5, 0) | routed_tasks(key_tasks, 0.5, 1) | routed_tasks(fork_tasks, 0.5, 2)
     assert 0 < len(routed & {t.task_id for t in tasks}) < 40
-    by_id = {t.task_id: t for t in [*tasks, *key_tasks]}
+    by_id = {t.task_id: t for t in [*tasks, *key_tasks, *fork_tasks]}
     for row in rows:
         task, action = by_id[row["game"]], row["messages"][-1]["content"]
         assert row["with_privileged"] == (row["game"] in routed)
@@ -199,6 +201,8 @@ def test_warm_start_set_follows_the_route_where_it_shows_it_and_adds_key_turns()
             assert (take(task.key) in action) == row["with_privileged"], (row["game"], action)
     key_rows = [r for r in rows if r["game"].startswith("k")]
     assert len(key_rows) == 60 and all(r["turn"] == 0 for r in key_rows)
+    fork_rows = [r for r in rows if r["game"].startswith("f")]  # fork_error 0: every fork of every task
+    assert len(fork_rows) == 30 * 3 and {r["turn"] for r in fork_rows} == {1, 2, 3}
     assert {r["game"] for r in rows} == set(by_id)
 
 

@@ -11,16 +11,17 @@ prompt is to be followed, which is what lets the teacher beat the student (and a
 it astray). The SFT and the teacher's sequences are built by the same code as ALFWorld's
 (:mod:`verl_sdar.envs.alfworld.expert_sft`).
 
-The early decision is one turn of an episode, so besides the ``n_sft`` whole episodes the SFT set
-holds the first turn only (the key) of ``n_key`` more tasks, demonstrated and routed by the same
-rules: copying the note's colour is what a model trained from scratch learns last.
+The decisions are a few turns of each episode, so besides the ``n_sft`` whole episodes the SFT set
+can hold the first turn only (the key) of ``n_key`` more tasks and the fork turns only of
+``n_fork`` more, demonstrated and routed by the same rules: reading the note's colour and the way
+out of the prompt is what a model trained from scratch learns last.
 
 :func:`evaluate` plays tasks in lockstep with a local model (outside verl): the student (no block),
 the teacher with the true route and the teacher with a wrong route (another task's), so one can
 check the warm start's headroom before any RL: the student should win roughly 25-45% at
 temperature 1, the true-route teacher clearly more, the wrong-route teacher not.
 
-    python -m verl_sdar.envs.vault.warmstart WORK_DIR [--n-sft 256] [--n-key 0] [--n-eval 64]
+    python -m verl_sdar.envs.vault.warmstart WORK_DIR [--n-sft 256] [--n-key 0] [--n-fork 0] [--n-eval 64]
         [--key-error 0.4] [--fork-error 0.3] [--fraction 0.5] [--epochs 6] [--lr 1e-3] [--seed 0]
 """
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -101,12 +103,20 @@ def routed_tasks(tasks: list[VaultTask], fraction: float, seed: int) -> frozense
     return frozenset(t.task_id for t in tasks if rng.random() < fraction)
 
 
+def _kept(kind: str, turn: int, task: VaultTask) -> bool:
+    """Whether turn ``turn`` of ``task`` goes into the SFT set: ``all`` turns, the ``key`` (turn 0) or
+    the ``forks`` (turns 1..F)."""
+    return kind == "all" or (turn == 0 if kind == "key" else 1 <= turn <= task.forks)
+
+
 def sft_set(tasks: list[VaultTask], key_tasks: list[VaultTask], key_error: float, fork_error: float,
-            fraction: float, seed: int = 0) -> list[dict]:
-    """The SFT rows: every turn of ``tasks`` and the first turn of ``key_tasks``; a routed task
-    (:func:`routed_tasks`) is demonstrated without errors and its rows carry its route."""
+            fraction: float, seed: int = 0, fork_tasks: list[VaultTask] = ()) -> list[dict]:
+    """The SFT rows: every turn of ``tasks``, the first turn (the key) of ``key_tasks`` and the fork
+    turns of ``fork_tasks``; a routed task (:func:`routed_tasks`) is demonstrated without errors and
+    its rows carry its route."""
+    by_id = {t.task_id: t for t in [*tasks, *key_tasks, *fork_tasks]}
     rows = []
-    for offset, group, first_only in ((0, tasks, False), (1, key_tasks, True)):
+    for offset, group, kept in ((0, tasks, "all"), (1, key_tasks, "key"), (2, list(fork_tasks), "forks")):
         routed = routed_tasks(group, fraction, seed + offset)
         for with_route in (True, False):
             chosen = [t for t in group if (t.task_id in routed) == with_route]
@@ -114,8 +124,7 @@ def sft_set(tasks: list[VaultTask], key_tasks: list[VaultTask], key_error: float
                 continue
             errors = (0.0, 0.0) if with_route else (key_error, fork_error)
             turns = demonstration_turns(chosen, *errors, seed=seed + offset)
-            if first_only:
-                turns = [t for t in turns if t.turn == 0]
+            turns = [t for t in turns if _kept(kept, t.turn, by_id[t.game])]
             routes = {t.task_id: route_text(t) for t in chosen}
             rows += sft_rows(turns, routes.__getitem__ if with_route else None, 1.0 if with_route else 0.0,
                              seed=seed)
@@ -199,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("work")
     p.add_argument("--n-sft", type=int, default=256)
     p.add_argument("--n-key", type=int, default=0, help="tasks whose first turn (the key) is added to the SFT set")
+    p.add_argument("--n-fork", type=int, default=0, help="tasks whose fork turns are added to the SFT set")
     p.add_argument("--n-eval", type=int, default=64)
     p.add_argument("--forks", type=int, nargs="+", default=[3, 4])
     p.add_argument("--key-error", type=float, default=0.4)
@@ -220,17 +230,20 @@ def main(argv: list[str] | None = None) -> int:
     sft_tasks = draw(a.n_sft, a.forks, 7919 + a.seed, 0.5, "sft")
     eval_tasks = draw(a.n_eval, a.forks, 7907 + a.seed, 0.5, "wseval")
     key_tasks = draw(a.n_key, a.forks, 7927 + a.seed, 0.5, "key") if a.n_key else []
+    fork_tasks = draw(a.n_fork, a.forks, 7933 + a.seed, 0.5, "fork") if a.n_fork else []
     # no game of the evaluation is trained on (the draws use other seeds, but the task space is small)
     held_out = {t.signature for t in eval_tasks}
-    sft_tasks = [t for t in sft_tasks if t.signature not in held_out]
-    key_tasks = [t for t in key_tasks if t.signature not in held_out]
-    rows = sft_set(sft_tasks, key_tasks, a.key_error, a.fork_error, a.fraction, seed=a.seed)
+    sft_tasks, key_tasks, fork_tasks = ([t for t in group if t.signature not in held_out]
+                                        for group in (sft_tasks, key_tasks, fork_tasks))
+    rows = sft_set(sft_tasks, key_tasks, a.key_error, a.fork_error, a.fraction, seed=a.seed, fork_tasks=fork_tasks)
     corpus = [m["content"] for row in rows for m in row["messages"]]  # the tokenizer learns the task's words
     base = build_tiny_model(work / "base", seed=a.seed, vocab_size=a.vocab_size, hidden_size=a.hidden_size,
                             num_layers=a.num_layers, max_position_embeddings=4096, extra_corpus=corpus)
     log = sft_train(str(base), rows, str(work / "model"), epochs=a.epochs, lr=a.lr, seed=a.seed, max_length=4096)
-    report = {"command": " ".join(["python -m verl_sdar.envs.vault.warmstart", *(argv or [])]),
-              "sft_tasks": len(sft_tasks), "key_tasks": len(key_tasks), "sft_samples": len(rows), "sft_samples_with_route": sum(r["with_privileged"] for r in rows),
+    args = sys.argv[1:] if argv is None else argv
+    report = {"command": " ".join(["python -m verl_sdar.envs.vault.warmstart", *args]),
+              "sft_tasks": len(sft_tasks), "key_tasks": len(key_tasks), "fork_tasks": len(fork_tasks),
+              "sft_samples": len(rows), "sft_samples_with_route": sum(r["with_privileged"] for r in rows),
               "sft_final_loss": log[-1]["loss"] if log else None}
     for name, privileged in (("student", None), ("teacher_true_route", route_text),
                              ("teacher_wrong_route", wrong_routes(eval_tasks))):
