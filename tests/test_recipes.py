@@ -109,7 +109,7 @@ def file_keys(path: Path) -> list[str]:
 
 def test_every_recipe_file_is_covered_here():
     recipes = {p.relative_to(REPO / "recipes").as_posix() for p in (REPO / "recipes").rglob("*.yaml")}
-    covered = {"cpu/codeword_sdar.yaml"}
+    covered = {"cpu/codeword_sdar.yaml", "cpu/vault_sdar.yaml"}
     covered.add("alfworld/sdar_teacher_7b.yaml")  # composed in tests/test_teacher_model.py
     for env, (algorithms, _) in ENVS.items():
         covered |= {f"{env}/gpu_common.yaml", f"{env}/tiny_cpu_sdar.yaml",
@@ -125,9 +125,26 @@ def test_tiny_cpu_recipes_compose_and_validate(env, monkeypatch):
     SDARConfig.from_config(cfg)
 
 
+def test_the_vault_cpu_recipe_composes_and_validates(monkeypatch):
+    """recipes/cpu/vault_sdar.yaml: the vault agent loop and reward, turn-row GRPO, the route as the
+    teacher's privileged text (the dataset's column), and each arm of the experiment by ``algorithm=``."""
+    from verl.utils.config import validate_config
+
+    monkeypatch.chdir(REPO)
+    for algorithm, objective in (("sdar", "sdar"), ("grpo", "none"), ("grpo_opsd", "sdar")):
+        cfg = compose_recipe("cpu", "vault_sdar", f"algorithm={algorithm}")
+        assert cfg.trainer.device == "cpu" and cfg.actor_rollout_ref.rollout.agent.default_agent_loop == "vault"
+        assert cfg.reward.custom_reward_function.path == "pkg://verl_sdar.envs.vault.reward"
+        assert cfg.algorithm.adv_estimator == "turn_row_grpo" and cfg.env.history_length == 10
+        assert cfg.actor_rollout_ref.rollout.n == cfg.env.rollout.n == 8
+        sdar = SDARConfig.from_config(cfg)
+        assert sdar.objective == objective and sdar.privileged.source == "column"  # extra_info.privileged
+        validate_config(cfg, use_reference_policy=True, use_critic=False)
+
+
 def test_recipe_keys_exist_in_verls_config():
     stock = stock_verl()
-    files = [REPO / "recipes" / "cpu" / "codeword_sdar.yaml"]
+    files = [REPO / "recipes" / "cpu" / "codeword_sdar.yaml", REPO / "recipes" / "cpu" / "vault_sdar.yaml"]
     for env in ENVS:
         folder = REPO / "recipes" / env
         files += [folder / "gpu_common.yaml", folder / "tiny_cpu_sdar.yaml",

@@ -162,7 +162,7 @@ def test_every_recipe_composes_and_every_library_loads_by_name_from_the_installe
     composed = {(r["env"], r["recipe"]) for r in report["recipes"]}
     assert composed == {(env, recipe) for env in resources.recipe_envs() for recipe in resources.recipe_names(env)}
     gpu = [r for r in report["recipes"] if r["policy"] is not None]
-    assert len(gpu) == 63 + 3 and len(report["recipes"]) == 63 + 3 + 3 + 1
+    assert len(gpu) == 63 + 3 and len(report["recipes"]) == 63 + 3 + 3 + 2  # + cpu/codeword_sdar, cpu/vault_sdar
     for r in gpu:  # the teacher's (and Skill-GRPO's) library is the env's shipped one, by name
         assert r["library"] == f"builtin:{r['env']}", r
         assert r["experiment"] == f"{r['env']}_{r['recipe']}_{r['policy']}"
