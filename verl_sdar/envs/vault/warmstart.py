@@ -58,9 +58,22 @@ from verl_sdar.envs.vault.env import (
     take,
 )
 
-THOUGHTS = {"take": "The note names the key that opens the vault.",
-            "go": "The sign or the note tells me the way.",
-            "open": "I hold the key and stand before the vault."}
+def thought(task: VaultTask, turn: int, action: str) -> str:
+    """The demonstrator's reasoning for ``action`` at ``turn``: it names where the decision is read
+    (the note's key, the fork's sign, the note's way) when the action follows it, and guesses when it
+    does not. A tiny model learns to copy the word after "the note says ... the" or "a sign points"
+    into its thought far sooner than to pick the one right word out of a long prompt for its action."""
+    if turn == 0:
+        colour = action.split()[2]
+        return (f"The note says the vault opens only with the {colour} key." if colour == task.key
+                else f"I take the {colour} key.")
+    if turn <= task.forks:
+        i, way = turn - 1, action.split()[1]
+        if task.signs[i]:
+            return f"A sign points {way}."
+        return (f"The note says at fork {i + 1} go {way}." if way == task.ways[i]
+                else f"There is no sign here, so I guess {way}.")
+    return "I hold the key and stand before the vault."
 
 
 def demonstration(task: VaultTask, rng: random.Random, key_error: float, fork_error: float) -> list[str]:
@@ -86,7 +99,7 @@ def demonstration_turns(tasks: list[VaultTask], key_error: float, fork_error: fl
         for i, action in enumerate(demonstration(task, rng, key_error, fork_error)):
             prompt = vault_prompt(text, obs, admissible, history, history_length)
             turns.append(ExpertTurn(task.task_id, task_type(task), i, prompt,
-                                    format_response(THOUGHTS[action.split()[0]], action)))
+                                    format_response(thought(task, i, action), action)))
             next_obs, done, _, admissible, _ = env.step(action)
             history.append((obs, action))
             obs = next_obs
