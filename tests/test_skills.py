@@ -608,7 +608,7 @@ def test_recipe_folders_and_the_command_line(capsys):
 
     assert resources.recipe_envs() == ["alfworld", "cpu", "search", "webshop"]
     assert resources.recipes_dir("alfworld") == REPO / "recipes" / "alfworld"
-    assert resources.recipe_names("cpu") == ["codeword_sdar"]
+    assert resources.recipe_names("cpu") == ["codeword_sdar", "vault_sdar"]
     assert "gpu_common" not in resources.recipe_names("alfworld") and "sdar" in resources.recipe_names("alfworld")
     with pytest.raises(resources.ResourceNotFoundError, match="available: alfworld, cpu, search, webshop"):
         resources.recipes_dir("alfwrld")
