@@ -197,8 +197,12 @@ def test_warm_start_set_follows_the_route_where_it_shows_it_and_adds_key_turns()
         assert row["with_privileged"] == (row["game"] in routed)
         if row["with_privileged"]:
             assert row["messages"][0]["content"].endswith(route_text(task))
-        if row["turn"] == 0:  # the key: right iff routed (key_error 1.0 otherwise)
+        if row["turn"] == 0:  # the key: right iff routed (key_error 1.0 otherwise), and the thought says why
             assert (take(task.key) in action) == row["with_privileged"], (row["game"], action)
+            assert (f"the note says the vault opens only with the {task.key} key" in action.lower()) == \
+                row["with_privileged"], action
+        elif 1 <= row["turn"] <= task.forks and task.signs[row["turn"] - 1]:
+            assert f"A sign points {task.ways[row['turn'] - 1]}." in action, action
     key_rows = [r for r in rows if r["game"].startswith("k")]
     assert len(key_rows) == 60 and all(r["turn"] == 0 for r in key_rows)
     fork_rows = [r for r in rows if r["game"].startswith("f")]  # fork_error 0: every fork of every task

@@ -60,9 +60,10 @@ from verl_sdar.envs.vault.env import (
 
 def thought(task: VaultTask, turn: int, action: str) -> str:
     """The demonstrator's reasoning for ``action`` at ``turn``: it names where the decision is read
-    (the note's key, the fork's sign, the note's way) when the action follows it, and guesses when it
-    does not. A tiny model learns to copy the word after "the note says ... the" or "a sign points"
-    into its thought far sooner than to pick the one right word out of a long prompt for its action."""
+    (the note's key, the fork's sign, the note's way) when the action follows it, and says it
+    guesses when it does not, so that the response states the word the decision rests on (in the
+    fifth warm-start try a tiny model learned which kind of thought to write, not yet the fork's
+    direction in it: docs/results/vault/README.md)."""
     if turn == 0:
         colour = action.split()[2]
         return (f"The note says the vault opens only with the {colour} key." if colour == task.key
