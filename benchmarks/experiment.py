@@ -149,37 +149,64 @@ def run_folder(a: argparse.Namespace, work: Path, raw: Path, name: str) -> Path:
 def train(a: argparse.Namespace, arm: str, seed: int, data: Path, work: Path) -> list[float]:
     """main_ppo for (arm, seed); resumes from the last checkpoint. Returns the wall seconds of each
     start of this run (one entry unless it was killed and resumed)."""
-    work.mkdir(parents=True, exist_ok=True)
     train_file = data / ("train_noisy.parquet" if arm.endswith("_noisy") else "train.parquet")
     overrides = [
         *ARMS[arm],
-        f"actor_rollout_ref.model.path={Path(a.warmstart).resolve() / 'warmstart-model'}",
-        f"data.train_files={train_file}", f"data.val_files={data / 'val.parquet'}",
-        f"data.train_batch_size={a.games_per_step}", f"actor_rollout_ref.actor.ppo_mini_batch_size={a.games_per_step}",
-        f"env.rollout.n={a.group}", f"env.max_steps={a.train_max_steps}", f"env.seed={seed}",
-        f"env.history_length={a.history_length}", f"actor_rollout_ref.rollout.seed={seed}",
-        "actor_rollout_ref.rollout.full_determinism=true",
-        f"actor_rollout_ref.actor.optim.lr={a.lr}", f"data.max_prompt_length={a.max_prompt_length}",
-        "data.max_response_length=48", "data.shuffle=true",
-        f"trainer.total_training_steps={a.steps}", "trainer.test_freq=-1", "trainer.val_before_train=false",
-        f"trainer.save_freq={a.save_freq}", "trainer.resume_mode=auto",
-        "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]",
-        "actor_rollout_ref.actor.checkpoint.load_contents=[model,optimizer,extra]",
-        f"trainer.default_local_dir={work / 'checkpoints'}", f"trainer.experiment_name={arm}_seed{seed}",
-        "trainer.logger=[console,file]", f"hydra.run.dir={work / 'hydra'}",
+        *run_overrides(model=Path(a.warmstart).resolve() / "warmstart-model", train_file=train_file,
+                       val_file=data / "val.parquet", batch=a.games_per_step, group=a.group,
+                       max_steps=a.train_max_steps, seed=seed, lr=a.lr, steps=a.steps, save_freq=a.save_freq),
+        f"env.history_length={a.history_length}", "actor_rollout_ref.rollout.full_determinism=true",
+        f"data.max_prompt_length={a.max_prompt_length}", "data.max_response_length=48",
     ]
+    return run_recipe("alfworld/tiny_cpu_sdar", overrides, work, f"{arm}_seed{seed}")
+
+
+def run_overrides(*, model: Path, train_file: Path, val_file: Path, batch: int, group: int, max_steps: int,
+                  seed: int, lr: float, steps: int, save_freq: int) -> list[str]:
+    """The overrides every experiment run sets: model, data, ``batch`` tasks a step (one mini-batch),
+    groups of ``group``, the env's step cap, the run's seed (env and rollout), lr, steps, the
+    checkpoint period; no validation inside verl (the evaluation runs outside it)."""
+    return [
+        f"actor_rollout_ref.model.path={model}", f"data.train_files={train_file}", f"data.val_files={val_file}",
+        f"data.train_batch_size={batch}", f"actor_rollout_ref.actor.ppo_mini_batch_size={batch}",
+        f"env.rollout.n={group}", f"env.max_steps={max_steps}", f"env.seed={seed}",
+        f"actor_rollout_ref.rollout.seed={seed}", "data.shuffle=true", f"actor_rollout_ref.actor.optim.lr={lr}",
+        f"trainer.total_training_steps={steps}", "trainer.test_freq=-1", "trainer.val_before_train=false",
+        f"trainer.save_freq={save_freq}",
+    ]
+
+
+def run_recipe(recipe: str, overrides: list[str], work: Path, name: str) -> list[float]:
+    """``main_ppo`` on ``recipes/<recipe>.yaml`` with ``overrides``, resumable (verl's
+    ``resume_mode=auto``; checkpoints with the HF model, under ``work``), logging to files in
+    ``work`` (:func:`launch`); ``SystemExit`` when it fails. Returns the wall seconds of each start."""
+    folder, config = recipe.split("/")
+    cmd = [sys.executable, "-m", "verl.trainer.main_ppo", f"--config-path={REPO / 'recipes' / folder}",
+           f"--config-name={config}", *overrides, "trainer.resume_mode=auto",
+           "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]",
+           "actor_rollout_ref.actor.checkpoint.load_contents=[model,optimizer,extra]",
+           f"trainer.default_local_dir={work / 'checkpoints'}", f"trainer.experiment_name={name}",
+           "trainer.logger=[console,file]", f"hydra.run.dir={work / 'hydra'}"]
+    work.mkdir(parents=True, exist_ok=True)
+    rc, walls = launch(cmd, work)
+    if rc != 0:
+        raise SystemExit(f"{name}: training failed (rc {rc}); see {work / 'train.log'}")
+    return walls
+
+
+def launch(cmd: list[str], work: Path) -> tuple[int, list[float]]:
+    """Run ``cmd`` (a ``main_ppo`` command) in ``work``, appending to ``train.log``; returns its exit
+    code and the wall seconds of every start of the run, this one included (``train_wall.json``,
+    rewritten every few seconds while it runs: a run killed and resumed reports the training time
+    of all its starts, lost work included). verl's file logger empties its file when main_ppo
+    starts: each start logs to its own ``metrics.start<k>.jsonl``, so a resumed run keeps the
+    metrics of the steps its earlier starts ran (:func:`kept_metrics` reads all)."""
     walls_file = work / "train_wall.json"
     walls = json.loads(walls_file.read_text()) if walls_file.exists() else []
     walls.append(0.0)
-    # verl's file logger empties its file when main_ppo starts: each start logs to its own file, so
-    # a resumed run keeps the metrics of the steps its earlier starts ran (kept_metrics reads all).
     metrics_file = work / f"metrics.start{len(walls)}.jsonl"
     env = dict(os.environ, VERL_SDAR_WORK=str(work), VERL_FILE_LOGGER_PATH=str(metrics_file),
                TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled", HYDRA_FULL_ERROR="1")
-    cmd = [sys.executable, "-m", "verl.trainer.main_ppo", f"--config-path={REPO / 'recipes' / 'alfworld'}",
-           "--config-name=tiny_cpu_sdar", *overrides]
-    # Wall seconds of every invocation, this one included, rewritten every few seconds while it runs:
-    # a run killed and resumed reports the training time of all its starts (lost work included).
     t0 = time.perf_counter()
     with open(work / "train.log", "a") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
@@ -191,10 +218,7 @@ def train(a: argparse.Namespace, arm: str, seed: int, data: Path, work: Path) ->
             walls[-1] = round(time.perf_counter() - t0, 1)
             walls_file.write_text(json.dumps(walls) + "\n")
             if rc is not None:
-                break
-    if rc != 0:
-        raise SystemExit(f"{arm} seed {seed}: training failed (rc {rc}); see {work / 'train.log'}")
-    return walls
+                return rc, walls
 
 
 def _evaluate_split(model: str, games_root: str, split: str, n_eval: int, plays: list, max_steps: int,
@@ -250,19 +274,20 @@ def metrics_files(work: Path) -> list[Path]:
     return [p for p in [work / "metrics.jsonl", *starts] if p.exists()]
 
 
-def kept_rows(records) -> list[dict]:
-    """``(step, metrics)`` pairs to one row per step holding the ``KEEP`` metrics, in step order; a
-    later record of a step wins, key by key (a resumed run may repeat a step)."""
+def kept_rows(records, keep: tuple[str, ...] = KEEP) -> list[dict]:
+    """``(step, metrics)`` pairs to one row per step holding the metrics named by the prefixes
+    ``keep``, in step order; a later record of a step wins, key by key (a resumed run may repeat a
+    step)."""
     by_step: dict[int, dict] = {}
     for step, data in records:
-        by_step.setdefault(step, {}).update({k: v for k, v in data.items() if k.startswith(KEEP)})
+        by_step.setdefault(step, {}).update({k: v for k, v in data.items() if k.startswith(keep)})
     return [{"step": s, **by_step[s]} for s in sorted(by_step)]
 
 
-def kept_metrics(work: Path) -> list[dict]:
+def kept_metrics(work: Path, keep: tuple[str, ...] = KEEP) -> list[dict]:
     """One row per step over all starts of the run (``kept_rows`` of its metrics files)."""
     records = (json.loads(line) for f in metrics_files(work) for line in f.read_text().splitlines() if line.strip())
-    return kept_rows((r["step"], r["data"]) for r in records)
+    return kept_rows(((r["step"], r["data"]) for r in records), keep)
 
 
 def write_run(out: Path, train_rows: list[dict], eval_rows: list[dict], info: dict) -> None:

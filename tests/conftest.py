@@ -77,6 +77,7 @@ MODULE_TIERS = {
     "test_advantages.py": "unit",
     "test_stats.py": "unit",
     "test_experiment_report.py": "unit",
+    "test_vault_report.py": "unit",
     "test_alfworld_agent_loop.py": "envs",    # + two main_ppo tests (e2e, found by run_main_ppo)
     "test_alfworld_generator.py": "envs",
     "test_alfworld_warmstart.py": "envs",

@@ -108,6 +108,10 @@ def test_every_step_logs_sdar_metrics(first_run):
         assert 0.0 < by_step[step]["sdar/gate_mean"] < 1.0
         assert by_step[step]["sdar/rows_with_privileged"] == pytest.approx(0.5)
         assert by_step[step]["actor/sdar/loss"] == by_step[step]["actor/sdar/loss"]  # not NaN
+        # the two parts' pushes on the log-probs, logged side by side (zero rewards: the PPO part's
+        # is the KL's only; the SDAR term's is not zero)
+        assert by_step[step]["actor/sdar/term_logprob_grad_norm"] > 0.0
+        assert by_step[step]["actor/sdar/pg_logprob_grad_norm"] >= 0.0
 
 
 def test_teacher_pass_is_real(first_run):

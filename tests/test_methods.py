@@ -1,6 +1,7 @@
 """The method registry: every entry has its algorithm YAML, a docs row and a recipe, and the loss,
 trainer and config read it (no method names compared elsewhere)."""
 
+import math
 import re
 from pathlib import Path
 
@@ -150,3 +151,21 @@ def test_grpo_opsd_update_ignores_the_teacher_and_only_sdars_gate_lets_it_in():
     assert torch.allclose(grad_right[0], torch.full((3,), -0.5 / 5, dtype=torch.float64))  # -g/N, N = 5 tokens
     sdar = SDARConfig.from_dict({"objective": "sdar", "beta": 5.0, "gate": "gap"})
     assert not torch.allclose(_term_gradient(sdar, right)[1], _term_gradient(sdar, wrong)[1])
+
+
+def test_logprob_grad_norm_is_the_norm_of_the_loss_gradient_and_keeps_the_graph():
+    """The actor loss logs ``||d loss / d log_probs||`` for the PPO part and for ``coef * term``:
+    on a nested (jagged) log-prob tensor as verl's model output holds it, the norm of the values'
+    gradient (here 2 * the log-probs: the norm of twice the values), and verl's backward still runs."""
+    from verl_sdar.loss import logprob_grad_norm
+
+    a = torch.tensor([1.0, -2.0, 0.5], requires_grad=True)
+    b = torch.tensor([3.0, 1.0], requires_grad=True)
+    log_probs = torch.nested.as_nested_tensor([a * 1, b * 1], layout=torch.jagged)
+    loss = (log_probs.values() ** 2).sum()
+    assert logprob_grad_norm(loss, log_probs) == pytest.approx(2 * math.sqrt(1 + 4 + 0.25 + 9 + 1))
+    assert logprob_grad_norm(0.0 * log_probs.values().sum() + 1.0, log_probs) == 0.0
+    loss.backward()  # the graph was kept
+    assert a.grad.tolist() == [2.0, -4.0, 1.0]
+    with torch.no_grad():
+        assert logprob_grad_norm(torch.tensor(1.0), log_probs) is None

@@ -135,7 +135,7 @@ def test_the_vault_cpu_recipe_composes_and_validates(monkeypatch):
         cfg = compose_recipe("cpu", "vault_sdar", f"algorithm={algorithm}")
         assert cfg.trainer.device == "cpu" and cfg.actor_rollout_ref.rollout.agent.default_agent_loop == "vault"
         assert cfg.reward.custom_reward_function.path == "pkg://verl_sdar.envs.vault.reward"
-        assert cfg.algorithm.adv_estimator == "turn_row_grpo" and cfg.env.history_length == 10
+        assert cfg.algorithm.adv_estimator == "turn_row_grpo" and cfg.env.history_length == 0
         assert cfg.actor_rollout_ref.rollout.n == cfg.env.rollout.n == 8
         sdar = SDARConfig.from_config(cfg)
         assert sdar.objective == objective and sdar.privileged.source == "column"  # extra_info.privileged

@@ -24,6 +24,8 @@ from verl_sdar.envs.vault.env import (
 
 TASK = VaultTask("t0", keys=("red", "blue", "green"), key="blue", ways=("left", "right", "left"),
                  signs=(True, False, True))
+# the same game with fork 2 hidden: no sign, and the note leaves it out
+HIDDEN_TASK = VaultTask("t1", keys=TASK.keys, key=TASK.key, ways=TASK.ways, signs=TASK.signs, noted=(False,) * 3)
 
 
 def play(task, actions, max_steps=None):
@@ -42,21 +44,45 @@ def test_the_optimal_policy_wins_and_the_texts_say_what_it_needs():
     task_text, obs, admissible = env.reset(TASK)
     assert task_text == "Open the vault at the end of the 3 forks."
     assert admissible == [take("red"), take("blue"), take("green")]
-    # the note: the key, and the way at the fork without a sign (fork 2) only
-    assert note_text(TASK) == "The note says: the vault opens only with the blue key; at fork 2 go right."
+    # the hall's note: the key; each fork's observation says what can be read there
+    assert note_text(TASK) == "The note says: the vault opens only with the blue key."
     assert note_text(TASK) in obs
     obs, done, won, admissible, info = env.step(take("blue"))
-    assert "fork 1 of 3" in obs and "A sign points left." in obs and admissible == [go("left"), go("right")]
-    obs, *_ = env.step(go("left"))
-    assert "fork 2 of 3" in obs and "There is no sign here." in obs
-    env.step(go("right"))
+    assert info["decision"] == ("key", True)
+    assert obs.endswith("You are at fork 1 of 3. A sign points left.") and admissible == [go("left"), go("right")]
+    obs, _, _, _, info = env.step(go("left"))
+    assert obs == "You are at fork 2 of 3. There is no sign here. Your note says: at this fork go right."
+    assert info["decision"] == ("sign", True)
+    _, _, _, _, info = env.step(go("right"))
+    assert info["decision"] == ("note", True)
     obs, done, won, admissible, info = env.step(go("left"))
     assert obs == "You stand before the vault door." and admissible == [OPEN] and not done
     obs, done, won, admissible, info = env.step(OPEN)
     assert done and won and info["right_key"] and info["forks_passed"] == 3 and env.steps == 5
+    assert info["decision"] is None
     assert expert_actions(TASK) == [take("blue"), go("left"), go("right"), go("left"), OPEN]
-    assert route_text(TASK) == "Route: take the blue key; at fork 1 go left, at fork 2 go right, at fork 3 go left; " \
-                               "then open the vault."
+    assert [TASK.kind(i) for i in range(3)] == ["sign", "note", "sign"] and TASK.hidden == ()
+    assert route_text(TASK) == "Route: take the blue key; elsewhere follow the signs and your note."
+
+
+def test_a_hidden_fork_is_said_to_be_unknown_and_only_the_route_gives_its_way():
+    env = VaultEnv()
+    env.reset(HIDDEN_TASK)
+    env.step(take("blue"))
+    obs, *_ = env.step(go("left"))
+    assert obs == "You are at fork 2 of 3. There is no sign here, and your note says nothing of this fork."
+    assert "right" not in obs
+    _, done, _, _, info = env.step(go("left"))
+    assert done and info["decision"] == ("hidden", False)
+    assert HIDDEN_TASK.hidden == (1,) and HIDDEN_TASK.kind(1) == "hidden"
+    assert route_text(HIDDEN_TASK) == ("Route: take the blue key; at fork 2 go right; "
+                                       "elsewhere follow the signs and your note.")
+    assert HIDDEN_TASK.signature != TASK.signature
+    assert VaultTask.from_dict(json.loads(json.dumps(HIDDEN_TASK.to_dict()))) == HIDDEN_TASK
+    with pytest.raises(ValueError, match="only forks without a sign"):
+        VaultTask("x", TASK.keys, "red", ("left",), (True,), (True,))
+    with pytest.raises(ValueError, match="at most one hidden fork"):
+        VaultTask("x", TASK.keys, "red", ("left", "left"), (False, False), (False, False))
 
 
 def test_a_wrong_key_is_only_noticed_at_the_vault_and_a_wrong_way_ends_the_episode():
@@ -77,13 +103,19 @@ def test_inadmissible_text_changes_nothing_and_costs_a_turn():
 def test_generated_tasks_are_distinct_valid_and_the_optimal_policy_wins_each():
     tasks = generate_tasks(200, 4, seed=3)
     assert len({t.signature for t in tasks}) == 200 and tasks[0].signature == (tasks[0].keys, tasks[0].key,
-                                                                               tasks[0].ways, tasks[0].signs)
+                                                                               tasks[0].ways, tasks[0].signs,
+                                                                               tasks[0].noted)
     assert generate_tasks(200, 4, seed=3) == tasks  # deterministic
     for task in tasks:
         assert not all(task.signs)  # the note always matters
+        assert task.hidden == ()  # hidden_share 0: the note covers every fork without a sign
         assert VaultTask.from_dict(json.loads(json.dumps(task.to_dict()))) == task
         env, (_, done, won, _, _) = play(task, expert_actions(task))
         assert done and won and env.steps == task.forks + 2
+    hidden = generate_tasks(400, 4, seed=3, hidden_share=0.5)
+    assert 0.42 < sum(bool(t.hidden) for t in hidden) / 400 < 0.58
+    assert all(len(t.hidden) <= 1 and all(not t.signs[i] for i in t.hidden) for t in hidden)
+    assert all(play(t, expert_actions(t))[1][2] for t in hidden)  # the route wins every task
     with pytest.raises(ValueError, match="must be one of"):
         VaultTask("x", ("red", "blue", "green"), "white", ("left",), (False,))
 
@@ -91,7 +123,8 @@ def test_generated_tasks_are_distinct_valid_and_the_optimal_policy_wins_each():
 def test_datasets_have_disjoint_splits_and_the_noisy_half_carries_another_tasks_route(tmp_path):
     from verl_sdar.envs.vault.dataset import build
 
-    counts = build(tmp_path, n_train=40, n_val=12, n_pilot=12, n_ood=8, forks=(3, 4), ood_forks=6, seed=0)
+    counts = build(tmp_path, n_train=40, n_val=12, n_pilot=12, n_ood=8, forks=(3, 4), ood_forks=6, seed=0,
+                   hidden_share=0.5)
     assert counts == {"train": 40, "val": 12, "pilot": 12, "ood": 8, "train_noisy_rows": 20}
     frames = {name: pd.read_parquet(tmp_path / f"{name}.parquet")
               for name in ("train", "val", "pilot", "ood", "train_noisy")}
@@ -102,6 +135,7 @@ def test_datasets_have_disjoint_splits_and_the_noisy_half_carries_another_tasks_
         assert set(frames[name]["agent_name"]) == {"vault"}
         forks = {t.forks for t in tasks}
         assert forks == ({6} if name == "ood" else {3, 4})
+        assert 0 < sum(bool(t.hidden) for t in tasks) < len(tasks)
         for task, extra in zip(tasks, frames[name]["extra_info"], strict=True):
             assert extra["privileged"] == route_text(task) and extra["task_type"] == f"{task.forks}_forks"
     names = list(signatures)
@@ -144,9 +178,10 @@ def test_the_agent_loop_plays_the_optimal_policy_one_row_per_turn_won_on_each(to
     assert len(outputs) == 5 and all(o.extra_fields["won"] for o in outputs)
     assert all(o.extra_fields["right_key"] and o.extra_fields["forks_passed"] == 3 for o in outputs)
     assert compute_score(extra_info=outputs[-1].extra_fields)["score"] == 10.0
-    # the default history window keeps the hall's note in view at the last fork
+    # the default history window (0): a turn's prompt holds its own observation only
     last_prompt = tokenizer.decode(server.prompts[3])
-    assert note_text(TASK) in last_prompt and "fork 3 of 3" in last_prompt
+    assert "What you observe now: You are at fork 3 of 3. A sign points left." in last_prompt
+    assert note_text(TASK) not in last_prompt and "fork 2 of 3" not in last_prompt
 
 
 def test_the_agent_loop_flags_an_inadmissible_action_and_loses_on_the_wrong_key(tokenizer):
@@ -186,12 +221,13 @@ def test_warm_start_set_follows_the_route_where_it_shows_it_and_adds_key_turns()
     fork turns only."""
     from verl_sdar.envs.vault.warmstart import routed_tasks, sft_set
 
-    tasks, key_tasks = generate_tasks(40, 3, seed=3), generate_tasks(60, 3, seed=4, prefix="k")
+    tasks, key_tasks = generate_tasks(40, 3, seed=3, hidden_share=0.5), generate_tasks(60, 3, seed=4, prefix="k")
     fork_tasks = generate_tasks(30, 3, seed=5, prefix="f")
     rows = sft_set(tasks, key_tasks, key_error=1.0, fork_error=0.0, fraction=0.5, seed=0, fork_tasks=fork_tasks)
     routed = routed_tasks(tasks, 0.5, 0) | routed_tasks(key_tasks, 0.5, 1) | routed_tasks(fork_tasks, 0.5, 2)
     assert 0 < len(routed & {t.task_id for t in tasks}) < 40
     by_id = {t.task_id: t for t in [*tasks, *key_tasks, *fork_tasks]}
+    hidden_rows = {True: 0, False: 0}
     for row in rows:
         task, action = by_id[row["game"]], row["messages"][-1]["content"]
         assert row["with_privileged"] == (row["game"] in routed)
@@ -203,6 +239,14 @@ def test_warm_start_set_follows_the_route_where_it_shows_it_and_adds_key_turns()
                 row["with_privileged"], action
         elif 1 <= row["turn"] <= task.forks and task.signs[row["turn"] - 1]:
             assert f"A sign points {task.ways[row['turn'] - 1]}." in action, action
+        elif 1 <= row["turn"] <= task.forks and task.kind(row["turn"] - 1) == "hidden":
+            way = task.ways[row["turn"] - 1]
+            hidden_rows[row["with_privileged"]] += 1
+            if row["with_privileged"]:  # the route's way, read from the route
+                assert f"The route says go {way}.</think><action>{go(way)}</action>" in action, action
+            else:  # a guess: nothing observed tells
+                assert "I guess" in action, action
+    assert hidden_rows[True] and hidden_rows[False]
     key_rows = [r for r in rows if r["game"].startswith("k")]
     assert len(key_rows) == 60 and all(r["turn"] == 0 for r in key_rows)
     fork_rows = [r for r in rows if r["game"].startswith("f")]  # fork_error 0: every fork of every task

@@ -6,6 +6,12 @@ RPC with ``functools.partial(actor_loss, config=<ActorConfig>, sdar=<SDARConfig>
 own ``ppo_loss`` computes the GRPO/PPO part (clip, KL to ref, entropy) unchanged; this module adds
 the objective term, aggregated with the same mode and global normalisers as the PPO loss.
 
+The relative size of the two parts is logged every micro-batch: ``sdar/pg_logprob_grad_norm`` and
+``sdar/term_logprob_grad_norm``, the norms of the gradients of the PPO loss and of ``coef * term``
+with respect to the student's token log-probs (the model output both depend on; two backward
+passes through the loss only, not the model). Their ratio is how large the SDAR term's push is
+beside the policy gradient's, before the model's Jacobian (issue #29's coefficient rule reads it).
+
 Row fields used (all stored in TransferQueue by the trainer, response-aligned):
 ``teacher_log_probs`` (teacher pass), ``old_log_probs`` (verl), ``entropy`` (verl's old-policy
 entropy, used by the entropy / soft-OR gates), ``response_mask``.
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 from functools import partial
 
+import torch
 from tensordict import TensorDict
 from verl.utils.metric import AggregationType, Metric
 from verl.workers.utils.losses import ppo_loss
@@ -37,6 +44,17 @@ def _loss_metric_aggregation(data: TensorDict, config) -> AggregationType:
     return AggregationType.SUM if globally_normalised else AggregationType.MEAN
 
 
+def logprob_grad_norm(loss: torch.Tensor, log_probs: torch.Tensor) -> float | None:
+    """``||d loss / d log_probs||`` (a nested ``log_probs``: over its values); ``None`` without a
+    graph (no grad mode, or nothing requires grad). The graph is kept for verl's backward."""
+    if not (torch.is_grad_enabled() and loss.requires_grad and log_probs.requires_grad):
+        return None
+    (grad,) = torch.autograd.grad(loss, log_probs, retain_graph=True, allow_unused=True)
+    if grad is None:
+        return 0.0
+    return float((grad.values() if grad.is_nested else grad).detach().norm())
+
+
 def actor_loss(config, model_output, data: TensorDict, dp_group=None, *, sdar: SDARConfig):
     """``ppo_loss(...) + sdar.coef * term``; the term is the objective's registered loss term
     (``verl_sdar.methods``); metrics under ``sdar/*`` (shown as ``actor/sdar/*``)."""
@@ -56,8 +74,13 @@ def actor_loss(config, model_output, data: TensorDict, dp_group=None, *, sdar: S
     agg = dict(loss_agg_mode=config.loss_agg_mode, **config.global_batch_info)
     term, term_metrics = objective.loss_term(student, rows, mask, sdar, agg)
 
+    norms = {"pg_logprob_grad_norm": logprob_grad_norm(policy_loss, model_output["log_probs"]),
+             "term_logprob_grad_norm": logprob_grad_norm(sdar.coef * term, model_output["log_probs"])}
     policy_loss = policy_loss + sdar.coef * term
     loss_aggregation = _loss_metric_aggregation(data, config)
+    for name, value in norms.items():
+        if value is not None:
+            metrics[f"sdar/{name}"] = Metric(value=value, aggregation=AggregationType.MEAN)
     for name, value in term_metrics.items():
         aggregation = loss_aggregation if name == "loss" else AggregationType.MEAN
         metrics[f"sdar/{name}"] = Metric(value=value, aggregation=aggregation)

@@ -7,8 +7,9 @@ ones of :mod:`verl_sdar.envs.turn_prompts`. An action that is not admissible cha
 is flagged ``inadmissible`` (penalised only with ``env.penalise_inadmissible=true``).
 
 Configuration (top-level ``env`` block): ``max_steps`` (10: the longest split has 6 forks, an
-episode takes forks + 2 turns), ``history_length`` (10: the whole episode stays in view, so the
-hall's note can be read at every fork), ``invalid_action_penalty_coef`` (0.1),
+episode takes forks + 2 turns), ``history_length`` (0: each decision is read in the current
+observation, and past signs in the prompt were what a tiny model copied by mistake in the warm
+start's fifth try: docs/results/vault/README.md), ``invalid_action_penalty_coef`` (0.1),
 ``use_invalid_action_penalty`` (true), ``penalise_inadmissible`` (false).
 """
 
@@ -25,7 +26,7 @@ from verl_sdar.envs.turn_prompts import first_prompt, later_prompt
 from verl_sdar.envs.vault.env import VaultEnv
 
 AGENT_NAME = "vault"
-DEFAULTS = {**TURN_DEFAULTS, "max_steps": 10, "history_length": 10}
+DEFAULTS = {**TURN_DEFAULTS, "max_steps": 10, "history_length": 0}
 ROLE = "You are an agent in a house with a locked vault."
 
 

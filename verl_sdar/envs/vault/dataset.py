@@ -1,11 +1,12 @@
 """verl RL parquet files for the ``vault`` agent loop: one row per task.
 
     python -m verl_sdar.envs.vault.dataset OUT_DIR [--train 256] [--val 64] [--pilot 64] [--ood 64]
-        [--forks 3 4] [--ood-forks 6] [--sign-share 0.5] [--seed 0]
+        [--forks 3 4] [--ood-forks 6] [--sign-share 0.5] [--hidden-share 0.5] [--seed 0]
 
 writes, each from its own seed (no task in two splits):
 
-* ``train.parquet``: training tasks (forks drawn from ``--forks``), privileged text = the task's route;
+* ``train.parquet``: training tasks (forks drawn from ``--forks``; a ``--hidden-share`` of them has
+  one hidden fork, :mod:`.env`), privileged text = the task's route;
 * ``train_noisy.parquet``: the same rows, except that a fixed half of them (odd positions) carry
   another training task's route (``extra_info.noisy = true``), the noisy-teacher condition;
 * ``val.parquet``: held-out tasks, as train; ``pilot.parquet``: held-out tasks for the pilot only;
@@ -52,13 +53,15 @@ def make_rows(tasks: list[VaultTask], split: str, routes: list[str] | None = Non
     ]
 
 
-def draw(n: int, forks: list[int], seed: int, sign_share: float, prefix: str) -> list[VaultTask]:
+def draw(n: int, forks: list[int], seed: int, sign_share: float, prefix: str,
+         hidden_share: float = 0.5) -> list[VaultTask]:
     """``n`` tasks, the fork counts spread evenly over ``forks`` (in a seeded random order)."""
     tasks = []
     for j, f in enumerate(forks):
         count = n // len(forks) + (1 if j < n % len(forks) else 0)
         if count:
-            tasks += generate_tasks(count, f, seed=seed * 1000 + f, sign_share=sign_share, prefix=f"{prefix}{f}-")
+            tasks += generate_tasks(count, f, seed=seed * 1000 + f, sign_share=sign_share, prefix=f"{prefix}{f}-",
+                                    hidden_share=hidden_share)
     random.Random(seed).shuffle(tasks)
     return tasks
 
@@ -74,16 +77,17 @@ def noisy_routes(tasks: list[VaultTask]) -> tuple[list[str], list[bool]]:
 
 
 def build(out_dir: str | Path, n_train: int = 256, n_val: int = 64, n_pilot: int = 64, n_ood: int = 64,
-          forks: tuple[int, ...] = (3, 4), ood_forks: int = 6, sign_share: float = 0.5, seed: int = 0) -> dict:
+          forks: tuple[int, ...] = (3, 4), ood_forks: int = 6, sign_share: float = 0.5, seed: int = 0,
+          hidden_share: float = 0.5) -> dict:
     import pandas as pd
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     splits = {
-        "train": draw(n_train, list(forks), seed * 10 + 1, sign_share, "train"),
-        "val": draw(n_val, list(forks), seed * 10 + 2, sign_share, "val"),
-        "pilot": draw(n_pilot, list(forks), seed * 10 + 3, sign_share, "pilot"),
-        "ood": draw(n_ood, [ood_forks], seed * 10 + 4, sign_share, "ood"),
+        "train": draw(n_train, list(forks), seed * 10 + 1, sign_share, "train", hidden_share),
+        "val": draw(n_val, list(forks), seed * 10 + 2, sign_share, "val", hidden_share),
+        "pilot": draw(n_pilot, list(forks), seed * 10 + 3, sign_share, "pilot", hidden_share),
+        "ood": draw(n_ood, [ood_forks], seed * 10 + 4, sign_share, "ood", hidden_share),
     }
     seen = {}
     for name, tasks in splits.items():  # no task in two splits
@@ -111,9 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--forks", type=int, nargs="+", default=[3, 4])
     p.add_argument("--ood-forks", type=int, default=6)
     p.add_argument("--sign-share", type=float, default=0.5)
+    p.add_argument("--hidden-share", type=float, default=0.5, help="share of tasks with one hidden fork")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    counts = build(a.out_dir, a.train, a.val, a.pilot, a.ood, tuple(a.forks), a.ood_forks, a.sign_share, a.seed)
+    counts = build(a.out_dir, a.train, a.val, a.pilot, a.ood, tuple(a.forks), a.ood_forks, a.sign_share, a.seed,
+                   a.hidden_share)
     print(json.dumps(counts))
     return 0
 

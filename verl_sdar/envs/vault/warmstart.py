@@ -1,14 +1,15 @@
 """The vault task's warm start: SFT of a tiny model on a deliberately imperfect expert, and its check.
 
-The demonstrator plays each task as the optimal policy would, except that with probability
-``key_error`` it takes a wrong key (the early decision) and, at each fork without a sign, with
-probability ``fork_error`` it goes the wrong way (a dead end). Every turn becomes one chat sample
+The demonstrator plays each task as the route would, except that with probability ``key_error``
+it takes a wrong key (the early decision), at each fork the note covers it goes the wrong way (a
+dead end) with probability ``fork_error``, and at a hidden fork it guesses (wrong with probability
+``hidden_error``, 0.5: nothing it observes tells the way). Every turn becomes one chat sample
 in the ``vault`` agent loop's own prompt format (:func:`.agent_loop.vault_prompt`, the same history
 window) with the response ``<think>...</think><action>...</action>``. A seeded ``fraction`` of the
 tasks carries the teacher's privileged block with the task's route, and those tasks are
 demonstrated without errors (the route is followed): the policy learns that a route in its
-prompt is to be followed, which is what lets the teacher beat the student (and a wrong route lead
-it astray). The SFT and the teacher's sequences are built by the same code as ALFWorld's
+prompt is to be followed, which is what lets the teacher beat the student at the hidden fork (and
+a wrong route lead it astray there). The SFT and the teacher's sequences are built by the same code as ALFWorld's
 (:mod:`verl_sdar.envs.alfworld.expert_sft`).
 
 The decisions are a few turns of each episode, so besides the ``n_sft`` whole episodes the SFT set
@@ -22,7 +23,8 @@ check the warm start's headroom before any RL: the student should win roughly 25
 temperature 1, the true-route teacher clearly more, the wrong-route teacher not.
 
     python -m verl_sdar.envs.vault.warmstart WORK_DIR [--n-sft 256] [--n-key 0] [--n-fork 0] [--n-eval 64]
-        [--key-error 0.4] [--fork-error 0.3] [--fraction 0.5] [--epochs 6] [--lr 1e-3] [--seed 0]
+        [--key-error 0.4] [--fork-error 0.3] [--fraction 0.5] [--hidden-share 0.5] [--epochs 6] [--lr 1e-3]
+        [--seed 0]
 """
 
 from __future__ import annotations
@@ -49,7 +51,10 @@ from verl_sdar.envs.vault.agent_loop import DEFAULTS, vault_prompt
 from verl_sdar.envs.vault.dataset import draw, task_type
 from verl_sdar.envs.vault.env import (
     DIRECTIONS,
+    HIDDEN,
+    NOTE,
     OPEN,
+    SIGN,
     VaultEnv,
     VaultTask,
     go,
@@ -58,49 +63,56 @@ from verl_sdar.envs.vault.env import (
     take,
 )
 
-def thought(task: VaultTask, turn: int, action: str) -> str:
+def thought(task: VaultTask, turn: int, action: str, routed: bool = False) -> str:
     """The demonstrator's reasoning for ``action`` at ``turn``: it names where the decision is read
-    (the note's key, the fork's sign, the note's way) when the action follows it, and says it
-    guesses when it does not, so that the response states the word the decision rests on (in the
-    fifth warm-start try a tiny model learned which kind of thought to write, not yet the fork's
-    direction in it: docs/results/vault/README.md)."""
+    (the note's key, the fork's sign, the note's line, the route at a hidden fork when ``routed``)
+    when the action follows it, and says it guesses when it does not, so that the response states
+    the one word the decision rests on."""
     if turn == 0:
         colour = action.split()[2]
         return (f"The note says the vault opens only with the {colour} key." if colour == task.key
                 else f"I take the {colour} key.")
     if turn <= task.forks:
         i, way = turn - 1, action.split()[1]
-        if task.signs[i]:
+        kind = task.kind(i)
+        if kind == SIGN:
             return f"A sign points {way}."
-        return (f"The note says at fork {i + 1} go {way}." if way == task.ways[i]
-                else f"There is no sign here, so I guess {way}.")
+        if kind == NOTE and way == task.ways[i]:
+            return f"My note says at this fork go {way}."
+        if kind == HIDDEN and routed:
+            return f"The route says go {way}."
+        return f"I guess {way}."
     return "I hold the key and stand before the vault."
 
 
-def demonstration(task: VaultTask, rng: random.Random, key_error: float, fork_error: float) -> list[str]:
+def demonstration(task: VaultTask, rng: random.Random, key_error: float, fork_error: float,
+                  hidden_error: float = 0.5) -> list[str]:
     """The imperfect expert's actions on ``task`` (see the module docstring)."""
     wrong_keys = [k for k in task.keys if k != task.key]
     actions = [take(rng.choice(wrong_keys) if rng.random() < key_error else task.key)]
-    for way, sign in zip(task.ways, task.signs, strict=True):
-        if not sign and rng.random() < fork_error:
+    for i, way in enumerate(task.ways):
+        error = {SIGN: 0.0, NOTE: fork_error, HIDDEN: hidden_error}[task.kind(i)]
+        if error and rng.random() < error:
             return [*actions, go(next(d for d in DIRECTIONS if d != way))]
         actions.append(go(way))
     return [*actions, OPEN]
 
 
 def demonstration_turns(tasks: list[VaultTask], key_error: float, fork_error: float, seed: int = 0,
-                        history_length: int = DEFAULTS["history_length"]) -> list[ExpertTurn]:
-    """One :class:`ExpertTurn` per demonstrated turn (``game`` = the task id)."""
+                        history_length: int = DEFAULTS["history_length"], routed: bool = False) -> list[ExpertTurn]:
+    """One :class:`ExpertTurn` per demonstrated turn (``game`` = the task id); ``routed``: the
+    demonstrator follows the route (no errors, hidden forks included)."""
     rng = random.Random(seed)
     turns = []
     for task in tasks:
         env = VaultEnv()
         text, obs, admissible = env.reset(task)
         history: list[tuple[str, str]] = []
-        for i, action in enumerate(demonstration(task, rng, key_error, fork_error)):
+        errors = (0.0, 0.0, 0.0) if routed else (key_error, fork_error, 0.5)
+        for i, action in enumerate(demonstration(task, rng, *errors)):
             prompt = vault_prompt(text, obs, admissible, history, history_length)
             turns.append(ExpertTurn(task.task_id, task_type(task), i, prompt,
-                                    format_response(thought(task, i, action), action)))
+                                    format_response(thought(task, i, action, routed), action)))
             next_obs, done, _, admissible, _ = env.step(action)
             history.append((obs, action))
             obs = next_obs
@@ -136,8 +148,7 @@ def sft_set(tasks: list[VaultTask], key_tasks: list[VaultTask], key_error: float
             chosen = [t for t in group if (t.task_id in routed) == with_route]
             if not chosen:
                 continue
-            errors = (0.0, 0.0) if with_route else (key_error, fork_error)
-            turns = demonstration_turns(chosen, *errors, seed=seed + offset)
+            turns = demonstration_turns(chosen, key_error, fork_error, seed=seed + offset, routed=with_route)
             turns = [t for t in turns if _kept(kept, t.turn, by_id[t.game])]
             routes = {t.task_id: route_text(t) for t in chosen}
             rows += sft_rows(turns, routes.__getitem__ if with_route else None, 1.0 if with_route else 0.0,
@@ -153,6 +164,8 @@ class Play:
     forks_passed: int
     steps: int
     invalid: int
+    decisions: list[tuple[str, bool]]
+    """(kind, right) of each decision made: ``key``, ``sign``, ``note`` or ``hidden``"""
 
 
 def evaluate(model_dir: str, tasks: list[VaultTask], privileged: Callable[[VaultTask], str] | None = None,
@@ -180,7 +193,7 @@ def evaluate(model_dir: str, tasks: list[VaultTask], privileged: Callable[[Vault
         text, obs, admissible = env.reset(task)
         system = privileged_message(privileged(task)) if privileged else None
         state.append({"env": env, "text": text, "obs": obs, "admissible": admissible, "history": [],
-                      "done": False, "system": system, "play": Play(task.task_id, False, False, 0, 0, 0)})
+                      "done": False, "system": system, "play": Play(task.task_id, False, False, 0, 0, 0, [])})
     for _ in range(max_steps):
         active = [s for s in state if not s["done"]]
         if not active:
@@ -199,16 +212,25 @@ def evaluate(model_dir: str, tasks: list[VaultTask], privileged: Callable[[Vault
             play.steps += 1
             play.invalid += int(not (projection.valid and info["valid_action"]))
             play.won, play.right_key, play.forks_passed = won, bool(info["right_key"]), info["forks_passed"]
+            if info["decision"]:
+                play.decisions.append(info["decision"])
             s["history"].append((s["obs"], projection.action))
             s["obs"], s["admissible"], s["done"] = obs, admissible, done
     return [s["play"] for s in state]
 
 
 def summary(plays: list[Play]) -> dict:
+    """Success, the key's rate, and each decision kind's rate of right choices where it was made
+    (``right_at_<kind>``, with how many were made)."""
     n = len(plays)
-    return {"tasks": n, "success": sum(p.won for p in plays) / n, "right_key": sum(p.right_key for p in plays) / n,
-            "mean_forks_passed": sum(p.forks_passed for p in plays) / n,
-            "invalid_per_episode": sum(p.invalid for p in plays) / n}
+    out = {"tasks": n, "success": sum(p.won for p in plays) / n, "right_key": sum(p.right_key for p in plays) / n,
+           "mean_forks_passed": sum(p.forks_passed for p in plays) / n,
+           "invalid_per_episode": sum(p.invalid for p in plays) / n}
+    for kind in ("key", SIGN, NOTE, HIDDEN):
+        made = [right for p in plays for k, right in p.decisions if k == kind]
+        out[f"right_at_{kind}"] = round(sum(made) / len(made), 4) if made else None
+        out[f"decisions_{kind}"] = len(made)
+    return out
 
 
 def wrong_routes(tasks: list[VaultTask]) -> Callable[[VaultTask], str]:
@@ -228,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--key-error", type=float, default=0.4)
     p.add_argument("--fork-error", type=float, default=0.3)
     p.add_argument("--fraction", type=float, default=0.5)
+    p.add_argument("--hidden-share", type=float, default=0.5, help="share of tasks with one hidden fork")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--vocab-size", type=int, default=1024)
@@ -241,10 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     start = time.time()
     # SFT tasks: their own seed, none of the dataset builder's splits (seeds 10s+1..4 there)
-    sft_tasks = draw(a.n_sft, a.forks, 7919 + a.seed, 0.5, "sft")
-    eval_tasks = draw(a.n_eval, a.forks, 7907 + a.seed, 0.5, "wseval")
-    key_tasks = draw(a.n_key, a.forks, 7927 + a.seed, 0.5, "key") if a.n_key else []
-    fork_tasks = draw(a.n_fork, a.forks, 7933 + a.seed, 0.5, "fork") if a.n_fork else []
+    sft_tasks = draw(a.n_sft, a.forks, 7919 + a.seed, 0.5, "sft", a.hidden_share)
+    eval_tasks = draw(a.n_eval, a.forks, 7907 + a.seed, 0.5, "wseval", a.hidden_share)
+    key_tasks = draw(a.n_key, a.forks, 7927 + a.seed, 0.5, "key", a.hidden_share) if a.n_key else []
+    fork_tasks = draw(a.n_fork, a.forks, 7933 + a.seed, 0.5, "fork", a.hidden_share) if a.n_fork else []
     # no game of the evaluation is trained on (the draws use other seeds, but the task space is small)
     held_out = {t.signature for t in eval_tasks}
     sft_tasks, key_tasks, fork_tasks = ([t for t in group if t.signature not in held_out]

@@ -1,0 +1,104 @@
+"""The vault experiment's learning gate (issue #29, docs/experiment_plan.md), from its raw files.
+
+Raw layout (``benchmarks/vault_experiment.py run --raw-dir ROOT``): ``ROOT/initial/eval.jsonl`` (the
+warm start: ``greedy`` and ``T=<t>`` plays), ``ROOT/<arm>_seed<k>/{train.jsonl, eval.jsonl,
+run.json}`` per finished run (checkpoints ``mid`` and ``final``).
+
+The gate, for every GRPO seed (all four must hold in every seed for "RL learns"):
+
+1. **gain**: final success at T = 1 (mean over the ``k`` plays of every task) minus the warm
+   start's at T = 1 is at least ``MIN_GAIN`` (0.10);
+2. **greedy**: final greedy success above the warm start's greedy success;
+3. **beyond temperature**: final success at T = 1 above the warm start's best success over every
+   decoding it was evaluated with (greedy and each temperature): the gain is not what re-tuning
+   the warm start's temperature gives;
+4. **mixed groups**: at least ``MIN_MIXED`` (0.30) of the groups of the first ``EARLY_STEPS`` (5)
+   training steps are mixed (``group/mixed_reward_share`` averaged over those steps).
+
+Pure Python (json only).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+INITIAL = "initial"
+MIN_GAIN = 0.10
+MIN_MIXED = 0.30
+EARLY_STEPS = 5
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def success(records: list[dict], checkpoint: str, decoding: str) -> float:
+    """Share of won episodes among ``records`` of that checkpoint and decoding (every play)."""
+    won = [r["won"] for r in records if r["checkpoint"] == checkpoint and r["decoding"] == decoding]
+    if not won:
+        raise ValueError(f"no evaluation episodes for checkpoint {checkpoint!r}, decoding {decoding!r}")
+    return sum(won) / len(won)
+
+
+def decision_rates(records: list[dict], checkpoint: str, decoding: str) -> dict[str, float]:
+    """Right choices per decision kind (``key``, ``sign``, ``note``, ``hidden``) where it was made."""
+    made: dict[str, list[bool]] = {}
+    for r in records:
+        if r["checkpoint"] == checkpoint and r["decoding"] == decoding:
+            for kind, right in r["decisions"]:
+                made.setdefault(kind, []).append(bool(right))
+    return {kind: sum(v) / len(v) for kind, v in sorted(made.items())}
+
+
+def seed_gate(initial: list[dict], records: list[dict], train: list[dict]) -> dict:
+    """The four criteria (module docstring) for one GRPO run, with the figures behind each."""
+    decodings = sorted({r["decoding"] for r in initial})
+    start = {d: success(initial, INITIAL, d) for d in decodings}
+    final_t1, final_greedy = success(records, "final", "T=1"), success(records, "final", "greedy")
+    early = [row["group/mixed_reward_share"] for row in train if row["step"] <= EARLY_STEPS]
+    mixed = sum(early) / len(early) if early else 0.0
+    best_start = max(start.values())
+    return {
+        "initial": start, "mid_T=1": success(records, "mid", "T=1"), "final_T=1": final_t1,
+        "final_greedy": final_greedy, "early_mixed_share": mixed,
+        "early_identical_share": (sum(row.get("group/identical_share", 0.0) for row in train
+                                      if row["step"] <= EARLY_STEPS) / len(early)) if early else None,
+        "gain": final_t1 - start["T=1"],
+        "passed": {"gain": final_t1 - start["T=1"] >= MIN_GAIN - 1e-12,
+                   "greedy": final_greedy > start["greedy"],
+                   "beyond_temperature": final_t1 > best_start,
+                   "mixed_groups": mixed >= MIN_MIXED},
+    }
+
+
+def gate(root: Path, arm: str = "grpo") -> dict:
+    """Every finished ``arm`` run under ``root``: its :func:`seed_gate`; ``passed`` iff every
+    criterion holds in every seed (and at least two seeds finished)."""
+    root = Path(root)
+    initial = _lines(root / INITIAL / "eval.jsonl")
+    seeds = {}
+    for folder in sorted(root.glob(f"{arm}_seed*")):
+        if (folder / "run.json").exists():
+            seeds[folder.name] = seed_gate(initial, _lines(folder / "eval.jsonl"), _lines(folder / "train.jsonl"))
+    passed = len(seeds) >= 2 and all(all(s["passed"].values()) for s in seeds.values())
+    return {"root": str(root), "arm": arm, "seeds": seeds, "passed": passed}
+
+
+def gate_page(root: Path) -> str:
+    """The gate as a markdown table (one row per seed)."""
+    g = gate(root)
+    lines = [f"# Learning gate: {g['root']} ({g['arm']})", "",
+             "| run | warm start T=1 | best warm-start decoding | mid T=1 | final T=1 | gain | greedy: start -> final "
+             "| early mixed share | early identical share | criteria passed |",
+             "|---|---:|---:|---:|---:|---:|---|---:|---:|---|"]
+    for name, s in g["seeds"].items():
+        best = max(s["initial"], key=s["initial"].get)
+        ok = ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in s["passed"].items())
+        lines.append(f"| {name} | {s['initial']['T=1']:.3f} | {s['initial'][best]:.3f} ({best}) "
+                     f"| {s['mid_T=1']:.3f} | {s['final_T=1']:.3f} | {s['gain']:+.3f} "
+                     f"| {s['initial']['greedy']:.3f} -> {s['final_greedy']:.3f} | {s['early_mixed_share']:.2f} "
+                     f"| {s['early_identical_share']:.2f} | {ok} |")
+    lines += ["", f"**Gate {'passed' if g['passed'] else 'not passed'}** (every criterion in every seed, 2 seeds "
+              "at least)."]
+    return "\n".join(lines) + "\n"
