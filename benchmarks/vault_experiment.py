@@ -43,7 +43,7 @@ KEEP = ("episode/", "group/", "sdar/gate_mean", "sdar/gap_mean", "sdar/gap_std",
         "actor/kl_loss", "actor/entropy", "actor/pg_loss", "actor/grad_norm", "actor/sdar/", "critic/score/mean",
         "critic/advantages/", "response_length/mean", "timing_s/step", "timing_s/gen", "timing_s/teacher",
         "timing_s/update_actor")
-SETTING_KEYS = ("warmstart", "steps", "tasks_per_step", "group", "lr", "max_steps", "eval_split", "k_samples",
+SETTING_KEYS = ("warmstart", "steps", "tasks_per_step", "group", "lr", "max_steps", "eval_split", "k_samples", "ood",
                 "baseline_temperatures", "data_seed", "hidden_share")
 
 
@@ -62,6 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-steps", type=int, default=10, help="the step cap, training and evaluation alike")
     p.add_argument("--eval-split", default="pilot", choices=("pilot", "val", "ood"))
     p.add_argument("--k-samples", type=int, default=4)
+    p.add_argument("--ood", action="store_true", help="also evaluate the final checkpoint on the 6-fork tasks")
     p.add_argument("--baseline-temperatures", default="0.5,0.7", help="the warm start's other temperatures")
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--hidden-share", type=float, default=0.5)
@@ -90,22 +91,23 @@ def eval_tasks(data: Path, split: str) -> list:
 
 
 def evaluate_model(a: argparse.Namespace, model: Path, tasks: list, checkpoint: str, seed: int,
-                   temperatures: tuple[float, ...] = (1.0,)) -> list[dict]:
-    """Greedy once and ``k`` plays at each temperature (play j seeded ``1000 * seed + j + 1``)."""
+                   temperatures: tuple[float, ...] = (1.0,), split: str | None = None) -> list[dict]:
+    """Greedy once and ``k`` plays at each temperature (play j seeded ``1000 * seed + j + 1``) of
+    every task of ``split`` (default: the evaluation split)."""
     from verl_sdar.envs.vault.warmstart import evaluate
 
     plays = [("greedy", 0.0, 0, 1000 * seed)] + [
         (f"T={t:g}", t, j, 1000 * seed + j + 1) for t in temperatures for j in range(a.k_samples)]
-    records = []
+    records, split = [], split or a.eval_split
     for decoding, temperature, j, play_seed in plays:
         for task, play in zip(tasks, evaluate(str(model), tasks, None, temperature=temperature, seed=play_seed,
                                               max_steps=a.max_steps), strict=True):
-            records.append({"checkpoint": checkpoint, "decoding": decoding, "sample": j, "task": task.task_id,
-                            "forks": task.forks, "hidden": bool(task.hidden), "won": play.won,
+            records.append({"split": split, "checkpoint": checkpoint, "decoding": decoding, "sample": j,
+                            "task": task.task_id, "forks": task.forks, "hidden": bool(task.hidden), "won": play.won,
                             "right_key": play.right_key, "forks_passed": play.forks_passed, "steps": play.steps,
                             "invalid": play.invalid, "decisions": play.decisions})
-        won = [r["won"] for r in records if r["decoding"] == decoding and r["sample"] == j]
-        print(f"  {checkpoint} {decoding}#{j}: success {sum(won) / len(won):.3f}", flush=True)
+        won = [r["won"] for r in records[-len(tasks):]]
+        print(f"  {split} {checkpoint} {decoding}#{j}: success {sum(won) / len(won):.3f}", flush=True)
     return records
 
 
@@ -133,6 +135,8 @@ def run(a: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         temperatures = (1.0, *(float(t) for t in a.baseline_temperatures.split(",") if t))
         records = evaluate_model(a, Path(a.warmstart), tasks, INITIAL, 0, temperatures)
+        if a.ood:
+            records += evaluate_model(a, Path(a.warmstart), eval_tasks(data, "ood"), INITIAL, 0, split="ood")
         write_run(raw / INITIAL, [], records, {"run": INITIAL, "eval_s": round(time.perf_counter() - t0, 1),
                                                 "settings": settings_of(a), **versions()})
         if a.commit:
@@ -157,6 +161,8 @@ def run(a: argparse.Namespace) -> None:
             for checkpoint, step in (("mid", a.steps // 2), ("final", a.steps)):
                 model = run_work / "checkpoints" / f"global_step_{step}" / "actor" / "huggingface"
                 records += evaluate_model(a, model, tasks, checkpoint, seed)
+            if a.ood:  # the longer tasks: final checkpoint only
+                records += evaluate_model(a, model, eval_tasks(data, "ood"), "final", seed, split="ood")
             info = {"run": name, "arm": arm, "seed": seed, "overrides": ARMS[arm], "train_wall_s": round(sum(walls), 1),
                     "train_starts": len(walls), "eval_s": round(time.perf_counter() - t0, 1),
                     "settings": settings_of(a), **versions()}

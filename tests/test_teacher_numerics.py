@@ -150,3 +150,31 @@ def test_teacher_metrics_count_the_bad_tokens_of_real_rows_only():
                             entropy=rows([0.1] * 4, [0.1] * 2, [0.1] * 3), texts=["", "", ""], built=built,
                             task_types=[None, None, None], real=[0, 2], beta=5.0, gate="gap")
     assert clean["sdar/teacher_nonfinite_tokens"] == 0.0
+
+
+def test_teacher_metrics_split_gate_and_gap_by_task_type_and_noisy_condition():
+    """Rows flagged ``extra_info.noisy`` get their own gate and gap statistics beside the clean rows'
+    (the noisy-teacher condition), as task types do; rows without a flag count in neither."""
+    from verl_sdar.metrics import teacher_metrics
+    from verl_sdar.teacher import TeacherRows
+
+    def rows(*values):
+        return [torch.tensor(v, dtype=torch.float32) for v in values]
+
+    old = rows([-1.0, -1.0], [-1.0], [-1.0])
+    teacher_lp = rows([0.0, -1.0], [-3.0], [-1.0])  # gaps: row 0 (1, 0), row 1 (-2), row 2 (0)
+    built = TeacherRows(inserted_tokens=[1, 1, 1], removed_context_tokens=[0, 0, 0])
+    metrics = teacher_metrics(old_log_probs=old, teacher_log_probs=teacher_lp, response_mask=rows([1, 1], [1], [1]),
+                              entropy=rows([0.1, 0.1], [0.1], [0.1]), texts=["r", "r", "r"], built=built,
+                              task_types=["a", "a", "b"], real=[0, 1, 2], beta=1.0, gate="gap",
+                              noisy=[False, True, None])
+    assert metrics["sdar/noisy/false/gap_mean"] == pytest.approx(0.5)
+    assert metrics["sdar/noisy/true/gap_mean"] == pytest.approx(-2.0)
+    assert metrics["sdar/noisy/true/gate_mean"] == pytest.approx(1 / (1 + math.exp(2.0)))
+    assert metrics["sdar/noisy/false/gate_mean"] == pytest.approx((1 / (1 + math.exp(-1.0)) + 0.5) / 2)
+    assert metrics["sdar/task_type/a/gap_mean"] == pytest.approx(-1.0 / 3)
+    assert metrics["sdar/task_type/b/gap_mean"] == 0.0
+    unflagged = teacher_metrics(old_log_probs=old, teacher_log_probs=teacher_lp, response_mask=rows([1, 1], [1], [1]),
+                                entropy=rows([0.1, 0.1], [0.1], [0.1]), texts=["r", "r", "r"], built=built,
+                                task_types=[None] * 3, real=[0, 1, 2], beta=1.0, gate="gap")
+    assert not any(k.startswith(("sdar/noisy/", "sdar/task_type/")) for k in unflagged)

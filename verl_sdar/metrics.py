@@ -82,6 +82,7 @@ def teacher_metrics(
     real: Sequence[int],
     beta: float,
     gate: str,
+    noisy: Sequence[bool | None] = (),
 ) -> dict[str, float]:
     """Gap / gate statistics at the pre-update policy over the real (non-padding) rows.
 
@@ -89,7 +90,9 @@ def teacher_metrics(
     counted in ``sdar/teacher_nonfinite_tokens`` (the loss masks them out too).
 
     Inputs are per-row response-aligned tensors (one entry per batch row); ``texts`` the rows'
-    privileged texts, ``built`` the teacher rows, ``task_types`` each row's task type (or None).
+    privileged texts, ``built`` the teacher rows, ``task_types`` each row's task type (or None),
+    ``noisy`` each row's noisy-condition flag (``extra_info.noisy``; None where a dataset has none):
+    gate and gap per task type (``sdar/task_type/<type>/*``) and per condition (``sdar/noisy/<true|false>/*``).
     """
     if not real:
         return {}
@@ -116,12 +119,14 @@ def teacher_metrics(
     metrics["sdar/privileged_tokens_mean"] = sum(built.inserted_tokens[i] for i in real) / len(real)
     metrics["sdar/teacher_rows_truncated"] = sum(built.truncated[i] for i in real) / len(real)
     metrics["sdar/teacher_removed_tokens_mean"] = sum(built.removed_context_tokens[i] for i in real) / len(real)
-    types = [task_types[i] for i in real]
-    for task_type in sorted({t for t in types if t is not None}, key=str):
-        rows_of_type = torch.tensor([t == task_type for t in types])
-        type_stats = gap_statistics(gap[rows_of_type], gate_values[rows_of_type], mask[rows_of_type])
-        for key in ("gate_mean", "gate_active_ratio", "gap_mean"):
-            metrics[f"sdar/task_type/{task_type}/{key}"] = float(type_stats[key])
+    flags = [noisy[i] if i < len(noisy) else None for i in real]
+    for prefix, groups in (("task_type", [task_types[i] for i in real]),
+                           ("noisy", [None if f is None else str(bool(f)).lower() for f in flags])):
+        for group in sorted({g for g in groups if g is not None}, key=str):
+            rows_of_group = torch.tensor([g == group for g in groups])
+            group_stats = gap_statistics(gap[rows_of_group], gate_values[rows_of_group], mask[rows_of_group])
+            for key in ("gate_mean", "gate_active_ratio", "gap_mean"):
+                metrics[f"sdar/{prefix}/{group}/{key}"] = float(group_stats[key])
     return metrics
 
 

@@ -21,6 +21,7 @@ from verl.workers.utils.padding import response_from_nested
 
 from . import metrics as sdar_metrics
 from .config import SDARConfig
+from .envs.contract import NOISY
 from .privileged import PrivilegedSource, TeacherInputs
 from .rows import field_rows, nested, put_fields, real_rows
 from .teacher import TeacherBuilder
@@ -83,6 +84,7 @@ class TeacherPass:
             response_mask=field_rows(rows["response_mask"]), entropy=field_rows(rows["entropy"]), texts=texts,
             built=built, task_types=[i.get(key) if isinstance(i, dict) else None for i in inputs.extra_infos],
             real=inputs.real, beta=self.sdar.beta, gate=self.sdar.gate,
+            noisy=[i.get(NOISY) if isinstance(i, dict) else None for i in inputs.extra_infos],
         ))
         metrics.update(sdar_metrics.store_metrics(tq.kv_list(), TEACHER_PARTITION))
         metrics["sdar/teacher_pass_s"] = time.perf_counter() - start

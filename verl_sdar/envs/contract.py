@@ -22,6 +22,9 @@ field (constant)                   writers / readers
                                    (``sdar.skills.task_type_key``), trainer metrics per task type
 ``privileged`` (``PRIVILEGED``)    W: every dataset (``""``: no context).  R: the teacher pass
                                    (``sdar.privileged.key`` with ``source=column``)
+``noisy`` (``NOISY``)              W: the vault dataset's noisy condition (true: the row's privileged
+                                   text is another task's).  R: trainer metrics per condition
+                                   (``sdar/noisy/<true|false>/*``)
 ``game_path`` (``GAME_PATH``)      W: ALFWorld dataset; the ALFWorld loop copies it into
                                    ``extra_fields``.  R: ALFWorld loop (the game to play)
 ``question`` (``QUESTION``)        W: Search dataset.  R: Search loop
@@ -78,6 +81,7 @@ INDEX = "index"
 SPLIT = "split"
 TASK_TYPE = "task_type"
 PRIVILEGED = "privileged"
+NOISY = "noisy"
 GAME_PATH = "game_path"
 QUESTION = "question"
 GOAL = "goal"

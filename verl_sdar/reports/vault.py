@@ -33,9 +33,15 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _evaluation_split(records: list[dict]) -> list[dict]:
+    """The records of the evaluation split (the ``ood`` ones are a secondary split)."""
+    return [r for r in records if r.get("split") != "ood"]
+
+
 def success(records: list[dict], checkpoint: str, decoding: str) -> float:
-    """Share of won episodes among ``records`` of that checkpoint and decoding (every play)."""
-    won = [r["won"] for r in records if r["checkpoint"] == checkpoint and r["decoding"] == decoding]
+    """Share of won episodes among ``records`` of that checkpoint and decoding (every play) on the
+    evaluation split."""
+    won = [r["won"] for r in _evaluation_split(records) if r["checkpoint"] == checkpoint and r["decoding"] == decoding]
     if not won:
         raise ValueError(f"no evaluation episodes for checkpoint {checkpoint!r}, decoding {decoding!r}")
     return sum(won) / len(won)
@@ -44,7 +50,7 @@ def success(records: list[dict], checkpoint: str, decoding: str) -> float:
 def decision_rates(records: list[dict], checkpoint: str, decoding: str) -> dict[str, float]:
     """Right choices per decision kind (``key``, ``sign``, ``note``, ``hidden``) where it was made."""
     made: dict[str, list[bool]] = {}
-    for r in records:
+    for r in _evaluation_split(records):
         if r["checkpoint"] == checkpoint and r["decoding"] == decoding:
             for kind, right in r["decisions"]:
                 made.setdefault(kind, []).append(bool(right))

@@ -24,12 +24,11 @@ import json
 import random
 from pathlib import Path
 
-from verl_sdar.envs.contract import VAULT_TASK, dataset_row
+from verl_sdar.envs.contract import NOISY, VAULT_TASK, dataset_row
 from verl_sdar.envs.vault.env import VaultTask, generate_tasks, other_routes, route_text, task_text
 
 AGENT_NAME = "vault"
 DATA_SOURCE = "vault"
-NOISY = "noisy"
 SPLITS = ("train", "val", "pilot", "ood")
 
 
