@@ -1,4 +1,4 @@
-"""The pre-registered SDAR vs GRPO experiment on offline ALFWorld (docs/experiment_plan.md).
+"""The pre-registered SDAR vs GRPO experiment on offline ALFWorld (docs/experiment_plan_alfworld.md).
 
 One *run* is (arm, seed): verl's real ``main_ppo`` on CPU (``recipes/alfworld/tiny_cpu_sdar.yaml``
 plus the plan's overrides) from the warm-start model of ``benchmarks/warmstart.py``, then an

@@ -1,4 +1,4 @@
-"""The statistics of the pre-registered experiment (docs/experiment_plan.md): the primary test, its
+"""The statistics of the pre-registered experiment (docs/experiment_plan_alfworld.md): the primary test, its
 interval and its power. Pure Python (``math``, ``random``, ``itertools``); no numpy, no verl.
 
 * :func:`sign_flip_test`: the exact paired sign-flip permutation test of a mean difference: under
