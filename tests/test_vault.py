@@ -216,9 +216,9 @@ def test_the_imperfect_demonstrator_errs_at_its_stated_rates():
 
 
 def test_warm_start_set_follows_the_route_where_it_shows_it_and_adds_key_turns():
-    """Routed tasks are demonstrated without errors and carry their route; the others make the
-    demonstrator's errors and carry none; key tasks add their first turn only, fork tasks their
-    fork turns only."""
+    """Routed tasks are demonstrated along their route (the key, the hidden fork) and carry it; the
+    others make the demonstrator's errors and carry none; key tasks add their first turn only, fork
+    tasks their fork turns only."""
     from verl_sdar.envs.vault.warmstart import routed_tasks, sft_set
 
     tasks, key_tasks = generate_tasks(40, 3, seed=3, hidden_share=0.5), generate_tasks(60, 3, seed=4, prefix="k")
@@ -274,3 +274,25 @@ def test_warm_start_evaluation_plays_student_and_teacher_prompts(tmp_path):
         assert len(plays) == 3 and all(1 <= p.steps <= 4 for p in plays)
         assert 0.0 <= summary(plays)["success"] <= 1.0
     assert wrong_routes(tasks)(tasks[0]) != route_text(tasks[0])
+
+
+def test_a_routed_demonstration_errs_where_the_route_says_nothing():
+    """With the route, the key and the hidden fork are right; the noted forks keep their error rate
+    (here 1: the demonstrator always turns wrong at the first noted fork), so a route in the prompt
+    teaches the route's content, not care in general."""
+    from verl_sdar.envs.vault.warmstart import demonstration_turns
+
+    tasks = generate_tasks(60, 4, seed=6, hidden_share=1.0)
+    turns = demonstration_turns(tasks, key_error=1.0, fork_error=1.0, routed=True)
+    by_task = {}
+    for turn in turns:
+        by_task.setdefault(turn.game, []).append(turn)
+    for task in tasks:
+        actions = [t.response.split("<action>")[1].split("</action>")[0] for t in by_task[task.task_id]]
+        assert actions[0] == take(task.key)
+        first_noted = next((i for i in range(task.forks) if task.kind(i) == "note"), None)
+        for i, action in enumerate(actions[1:]):  # fork i until the episode ended
+            if i == first_noted:
+                assert action != go(task.ways[i]) and i == len(actions) - 2  # wrong, and the end
+            elif i < task.forks:
+                assert action == go(task.ways[i]), (task, i, action)

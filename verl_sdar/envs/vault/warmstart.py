@@ -6,10 +6,13 @@ dead end) with probability ``fork_error``, and at a hidden fork it guesses (wron
 ``hidden_error``, 0.5: nothing it observes tells the way). Every turn becomes one chat sample
 in the ``vault`` agent loop's own prompt format (:func:`.agent_loop.vault_prompt`, the same history
 window) with the response ``<think>...</think><action>...</action>``. A seeded ``fraction`` of the
-tasks carries the teacher's privileged block with the task's route, and those tasks are
-demonstrated without errors (the route is followed): the policy learns that a route in its
-prompt is to be followed, which is what lets the teacher beat the student at the hidden fork (and
-a wrong route lead it astray there). The SFT and the teacher's sequences are built by the same code as ALFWorld's
+tasks carries the teacher's privileged block with the task's route, and the demonstrator follows
+the route where it speaks (the key, the hidden fork's way) and errs as often as without it where
+it does not (the noted forks): the policy learns that a route in its prompt is to be followed,
+which is what lets the teacher beat the student at the key and the hidden fork (and a wrong route
+lead it astray there), and nothing else (in the seventh try, samples with the route made no error
+at all, and the teacher with a *wrong* route beat the student at the noted forks: the block's
+presence, not its content, taught care). The SFT and the teacher's sequences are built by the same code as ALFWorld's
 (:mod:`verl_sdar.envs.alfworld.expert_sft`).
 
 The decisions are a few turns of each episode, so besides the ``n_sft`` whole episodes the SFT set
@@ -101,14 +104,15 @@ def demonstration(task: VaultTask, rng: random.Random, key_error: float, fork_er
 def demonstration_turns(tasks: list[VaultTask], key_error: float, fork_error: float, seed: int = 0,
                         history_length: int = DEFAULTS["history_length"], routed: bool = False) -> list[ExpertTurn]:
     """One :class:`ExpertTurn` per demonstrated turn (``game`` = the task id); ``routed``: the
-    demonstrator follows the route (no errors, hidden forks included)."""
+    demonstrator follows the route where it speaks (the key, the hidden fork) and still errs at the
+    noted forks with probability ``fork_error``."""
     rng = random.Random(seed)
     turns = []
     for task in tasks:
         env = VaultEnv()
         text, obs, admissible = env.reset(task)
         history: list[tuple[str, str]] = []
-        errors = (0.0, 0.0, 0.0) if routed else (key_error, fork_error, 0.5)
+        errors = (0.0, fork_error, 0.0) if routed else (key_error, fork_error, 0.5)
         for i, action in enumerate(demonstration(task, rng, *errors)):
             prompt = vault_prompt(text, obs, admissible, history, history_length)
             turns.append(ExpertTurn(task.task_id, task_type(task), i, prompt,
@@ -138,8 +142,8 @@ def _kept(kind: str, turn: int, task: VaultTask) -> bool:
 def sft_set(tasks: list[VaultTask], key_tasks: list[VaultTask], key_error: float, fork_error: float,
             fraction: float, seed: int = 0, fork_tasks: list[VaultTask] = ()) -> list[dict]:
     """The SFT rows: every turn of ``tasks``, the first turn (the key) of ``key_tasks`` and the fork
-    turns of ``fork_tasks``; a routed task (:func:`routed_tasks`) is demonstrated without errors and
-    its rows carry its route."""
+    turns of ``fork_tasks``; a routed task (:func:`routed_tasks`) is demonstrated along its route
+    (:func:`demonstration_turns`) and its rows carry the route."""
     by_id = {t.task_id: t for t in [*tasks, *key_tasks, *fork_tasks]}
     rows = []
     for offset, group, kept in ((0, tasks, "all"), (1, key_tasks, "key"), (2, list(fork_tasks), "forks")):
