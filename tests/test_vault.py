@@ -141,13 +141,23 @@ def test_datasets_have_disjoint_splits_and_the_noisy_half_carries_another_tasks_
     names = list(signatures)
     assert all(not signatures[a] & signatures[b] for a in names for b in names if a < b)
     clean, noisy = frames["train"]["extra_info"], frames["train_noisy"]["extra_info"]
+    misled = 0
     for i, (c, n) in enumerate(zip(clean, noisy, strict=True)):
         assert n["vault_task"] == c["vault_task"]  # the same tasks in the same order
         if i % 2:
             assert n["noisy"] and n["privileged"] != c["privileged"]
             assert n["privileged"] in {e["privileged"] for e in clean}  # another training task's route
+            task = VaultTask.from_dict(json.loads(c["vault_task"]))
+            if task.hidden:  # wrong where the route speaks (the hidden fork's other way) if a donor has it
+                h = task.hidden[0]
+                other = f"at fork {h + 1} go {'left' if task.ways[h] == 'right' else 'right'};"
+                donors = [e["privileged"] for j, e in enumerate(clean) if j % 2 and j != i]
+                if any(other in d for d in donors):
+                    assert other in n["privileged"], (task, n["privileged"])
+                    misled += 1
         else:
             assert not n["noisy"] and n["privileged"] == c["privileged"]
+    assert misled > 0
 
 
 @pytest.fixture(scope="module")

@@ -150,17 +150,26 @@ def route_text(task: VaultTask) -> str:
 
 
 def other_routes(tasks: list[VaultTask]) -> list[str]:
-    """For each task, the route of the next task in the list (cycling) whose route differs from its
-    own (two tasks may share a route): a wrong privileged text for every task."""
+    """For each task, the route of another task of the list (searched cycling from the next one)
+    that is *wrong* for it where a route speaks: for a task with a hidden fork, a route that names
+    the same fork and the other way; for one without, a route with another key; failing that, any
+    route other than its own (two tasks may share a route). A wrong privileged text for every task."""
     routes = [route_text(t) for t in tasks]
     out = []
-    for k, route in enumerate(routes):
-        other = next((routes[(k + j) % len(routes)] for j in range(1, len(routes))
-                      if routes[(k + j) % len(routes)] != route), None)
-        if other is None:
+    for k, task in enumerate(tasks):
+        others = [(tasks[(k + j) % len(tasks)], routes[(k + j) % len(routes)]) for j in range(1, len(tasks))]
+        others = [(t, r) for t, r in others if r != routes[k]]
+        if not others:
             raise ValueError("vault tasks: every task has the same route, none can get another's")
-        out.append(other)
+        out.append(next((r for t, r in others if _misleads(t, task)), others[0][1]))
     return out
+
+
+def _misleads(other: VaultTask, task: VaultTask) -> bool:
+    """Whether ``other``'s route is wrong for ``task`` where a route speaks (see :func:`other_routes`)."""
+    if task.hidden:
+        return other.hidden == task.hidden and other.ways[task.hidden[0]] != task.ways[task.hidden[0]]
+    return other.key != task.key
 
 
 def expert_actions(task: VaultTask) -> list[str]:

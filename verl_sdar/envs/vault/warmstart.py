@@ -261,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hidden-size", type=int, default=128)
     p.add_argument("--num-layers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--evaluate-only", action="store_true",
+                   help="no SFT: evaluate WORK_DIR/model again (same tasks) and rewrite warmstart.json's evaluations")
     a = p.parse_args(argv)
     from verl_sdar.tiny_model import build_tiny_model
 
@@ -276,22 +278,26 @@ def main(argv: list[str] | None = None) -> int:
     held_out = {t.signature for t in eval_tasks}
     sft_tasks, key_tasks, fork_tasks = ([t for t in group if t.signature not in held_out]
                                         for group in (sft_tasks, key_tasks, fork_tasks))
-    rows = sft_set(sft_tasks, key_tasks, a.key_error, a.fork_error, a.fraction, seed=a.seed, fork_tasks=fork_tasks)
-    corpus = [m["content"] for row in rows for m in row["messages"]]  # the tokenizer learns the task's words
-    base = build_tiny_model(work / "base", seed=a.seed, vocab_size=a.vocab_size, hidden_size=a.hidden_size,
-                            num_layers=a.num_layers, max_position_embeddings=4096, extra_corpus=corpus)
-    log = sft_train(str(base), rows, str(work / "model"), epochs=a.epochs, lr=a.lr, seed=a.seed, max_length=4096)
     args = sys.argv[1:] if argv is None else argv
-    report = {"command": " ".join(["python -m verl_sdar.envs.vault.warmstart", *args]),
-              "sft_tasks": len(sft_tasks), "key_tasks": len(key_tasks), "fork_tasks": len(fork_tasks),
-              "sft_samples": len(rows), "sft_samples_with_route": sum(r["with_privileged"] for r in rows),
-              "sft_final_loss": log[-1]["loss"] if log else None}
+    command = " ".join(["python -m verl_sdar.envs.vault.warmstart", *args])
+    if a.evaluate_only:
+        report = {**json.loads((work / "warmstart.json").read_text()), "evaluated_by": command}
+    else:
+        rows = sft_set(sft_tasks, key_tasks, a.key_error, a.fork_error, a.fraction, seed=a.seed, fork_tasks=fork_tasks)
+        corpus = [m["content"] for row in rows for m in row["messages"]]  # the tokenizer learns the task's words
+        base = build_tiny_model(work / "base", seed=a.seed, vocab_size=a.vocab_size, hidden_size=a.hidden_size,
+                                num_layers=a.num_layers, max_position_embeddings=4096, extra_corpus=corpus)
+        log = sft_train(str(base), rows, str(work / "model"), epochs=a.epochs, lr=a.lr, seed=a.seed, max_length=4096)
+        report = {"command": command,
+                  "sft_tasks": len(sft_tasks), "key_tasks": len(key_tasks), "fork_tasks": len(fork_tasks),
+                  "sft_samples": len(rows), "sft_samples_with_route": sum(r["with_privileged"] for r in rows),
+                  "sft_final_loss": log[-1]["loss"] if log else None}
     for name, privileged in (("student", None), ("teacher_true_route", route_text),
                              ("teacher_wrong_route", wrong_routes(eval_tasks))):
         for temperature in (1.0, 0.0):
             plays = evaluate(str(work / "model"), eval_tasks, privileged, temperature=temperature, seed=a.seed)
             report[f"{name}@T={temperature:g}"] = summary(plays)
-    report["seconds"] = round(time.time() - start, 1)
+    report["evaluation_seconds" if a.evaluate_only else "seconds"] = round(time.time() - start, 1)
     (work / "warmstart.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     return 0
