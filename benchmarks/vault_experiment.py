@@ -19,6 +19,8 @@ refused). verl's rollout dump of every step stays in the working folder (``--wor
     python benchmarks/vault_experiment.py run --arms grpo --seeds 100,101 --lr 1e-4 --eval-split pilot \\
         --raw-dir docs/results/vault/pilot/lr1e-04 [--commit]     # the learning-rate pilot
     python benchmarks/vault_experiment.py gate --raw-dir docs/results/vault/pilot/lr1e-04   # its learning gate
+    python benchmarks/vault_experiment.py run --arms sdar --seeds 100 --steps 2 --lr <lr> --raw-dir docs/results/vault/pilot/coef
+    python benchmarks/vault_experiment.py coef --raw-dir docs/results/vault/pilot/coef    # the coefficient rule
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ SETTING_KEYS = ("warmstart", "steps", "tasks_per_step", "group", "lr", "max_step
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="benchmarks/vault_experiment.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("command", choices=("run", "gate"))
+    p.add_argument("command", choices=("run", "gate", "coef"))
     p.add_argument("--arms", default="grpo")
     p.add_argument("--seeds", default="100,101")
     p.add_argument("--warmstart", default=".work/vault-warmstart/model", help="the warm-start model folder")
@@ -177,9 +179,19 @@ def main(argv: list[str] | None = None) -> int:
     if a.command == "run":
         run(a)
         return 0
+    if a.command == "coef":
+        from verl_sdar.reports.vault import coefficient
+
+        rows = [json.loads(line) for line in (Path(a.raw_dir) / "sdar_seed100" / "train.jsonl").read_text().splitlines()]
+        result = coefficient(rows)
+        (Path(a.raw_dir) / "coefficient.json").write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result, indent=1))
+        return 0
     from verl_sdar.reports.vault import gate_page
 
-    print(gate_page(Path(a.raw_dir)))
+    text = gate_page(Path(a.raw_dir))
+    (Path(a.raw_dir) / "gate.md").write_text(text)
+    print(text)
     return 0
 
 

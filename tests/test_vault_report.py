@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from verl_sdar.reports.vault import decision_rates, gate, gate_page, success
+from verl_sdar.reports.vault import coefficient, decision_rates, gate, gate_page, success
 
 
 def _episodes(checkpoint: str, decoding: str, wins: int, n: int = 8) -> list[dict]:
@@ -62,3 +62,18 @@ def test_one_seed_is_not_enough_and_the_rates_count_only_their_checkpoint(tmp_pa
     assert decision_rates(records, "final", "T=1") == {"hidden": 0.5, "key": 0.75}
     with pytest.raises(ValueError, match="no evaluation episodes"):
         success(records, "final", "greedy")
+
+
+def test_the_coefficient_rule_keeps_001_when_the_term_is_big_enough_else_climbs_the_ladder():
+    def rows(*pairs):
+        return [{"step": i, "actor/sdar/term_logprob_grad_norm": t, "actor/sdar/pg_logprob_grad_norm": p}
+                for i, (t, p) in enumerate(pairs, start=1)]
+
+    assert coefficient(rows((0.06, 1.0), (0.1, 2.0)))["coef"] == 0.01  # r = (0.06 + 0.05) / 2 = 0.055
+    low = coefficient(rows((0.01, 1.0), (0.02, 1.0)))  # r = 0.015: 0.03 gives 0.045, 0.1 gives 0.15
+    assert low["coef"] == 0.1 and low["share_at_chosen"] == pytest.approx(0.15)
+    assert coefficient(rows((1e-4, 1.0)))["coef"] == 1.0  # even 1.0 gives 0.01: the ladder's top
+    # a run made at another coefficient: its ratio scaled back to 0.01's
+    assert coefficient(rows((0.5, 1.0)), coef=0.1)["share_at_0.01"] == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="non-zero pg norm"):
+        coefficient([{"step": 1, "actor/sdar/term_logprob_grad_norm": 0.1, "actor/sdar/pg_logprob_grad_norm": 0.0}])

@@ -15,6 +15,9 @@ The gate, for every GRPO seed (all four must hold in every seed for "RL learns")
 4. **mixed groups**: at least ``MIN_MIXED`` (0.30) of the groups of the first ``EARLY_STEPS`` (5)
    training steps are mixed (``group/mixed_reward_share`` averaged over those steps).
 
+The coefficient rule (the plan's pilot, step 2), from a short SDAR run's ``train.jsonl``:
+:func:`coefficient`.
+
 Pure Python (json only).
 """
 
@@ -24,6 +27,9 @@ import json
 from pathlib import Path
 
 INITIAL = "initial"
+PAPER_COEF = 0.01
+COEF_LADDER = (0.03, 0.1, 0.3, 1.0)
+MIN_TERM_SHARE = 0.05
 MIN_GAIN = 0.10
 MIN_MIXED = 0.30
 EARLY_STEPS = 5
@@ -108,3 +114,19 @@ def gate_page(root: Path) -> str:
     lines += ["", f"**Gate {'passed' if g['passed'] else 'not passed'}** (every criterion in every seed, 2 seeds "
               "at least)."]
     return "\n".join(lines) + "\n"
+
+
+def coefficient(train: list[dict], coef: float = PAPER_COEF) -> dict:
+    """The plan's rule: ``r`` = the mean over steps of ``term / pg`` (``actor/sdar/term_logprob_grad_norm``
+    over ``actor/sdar/pg_logprob_grad_norm``, the run made at ``coef``); the coefficient is 0.01 if
+    ``r`` at 0.01 is at least ``MIN_TERM_SHARE``, else the smallest of ``COEF_LADDER`` whose
+    projected share ``r x c / coef`` (the term is linear in its coefficient) is, 1.0 if none."""
+    ratios = [row["actor/sdar/term_logprob_grad_norm"] / row["actor/sdar/pg_logprob_grad_norm"] for row in train
+              if row.get("actor/sdar/pg_logprob_grad_norm")]
+    if not ratios:
+        raise ValueError("no step logs both actor/sdar/term_logprob_grad_norm and a non-zero pg norm")
+    share = sum(ratios) / len(ratios) * PAPER_COEF / coef  # the share the paper's 0.01 gives
+    chosen = PAPER_COEF if share >= MIN_TERM_SHARE else next(
+        (c for c in COEF_LADDER if share * c / PAPER_COEF >= MIN_TERM_SHARE), COEF_LADDER[-1])
+    return {"share_at_0.01": share, "steps": len(ratios), "coef": chosen,
+            "share_at_chosen": share * chosen / PAPER_COEF}
