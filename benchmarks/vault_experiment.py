@@ -19,7 +19,8 @@ refused). verl's rollout dump of every step stays in the working folder (``--wor
     python benchmarks/vault_experiment.py run --arms grpo --seeds 100,101 --lr 1e-4 --eval-split pilot \\
         --raw-dir docs/results/vault/pilot/lr1e-04 [--commit]     # the learning-rate pilot
     python benchmarks/vault_experiment.py gate --raw-dir docs/results/vault/pilot/lr1e-04   # its learning gate
-    python benchmarks/vault_experiment.py run --arms sdar --seeds 100 --steps 2 --lr <lr> --raw-dir docs/results/vault/pilot/coef
+    python benchmarks/vault_experiment.py run --arms sdar --seeds 100 --steps 2 --lr <lr> \\
+        --raw-dir docs/results/vault/pilot/coef
     python benchmarks/vault_experiment.py coef --raw-dir docs/results/vault/pilot/coef    # the coefficient rule
 """
 
@@ -182,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.command == "coef":
         from verl_sdar.reports.vault import coefficient
 
-        rows = [json.loads(line) for line in (Path(a.raw_dir) / "sdar_seed100" / "train.jsonl").read_text().splitlines()]
+        train = Path(a.raw_dir) / "sdar_seed100" / "train.jsonl"
+        rows = [json.loads(line) for line in train.read_text().splitlines()]
         result = coefficient(rows)
         (Path(a.raw_dir) / "coefficient.json").write_text(json.dumps(result, indent=1) + "\n")
         print(json.dumps(result, indent=1))
