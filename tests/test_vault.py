@@ -306,3 +306,22 @@ def test_a_routed_demonstration_errs_where_the_route_says_nothing():
                 assert action != go(task.ways[i]) and i == len(actions) - 2  # wrong, and the end
             elif i < task.forks:
                 assert action == go(task.ways[i]), (task, i, action)
+
+
+def test_a_key_bias_is_a_systematic_error_on_its_colours_only_and_not_with_the_route():
+    import random
+
+    from verl_sdar.envs.vault.warmstart import KeyBias, demonstration, demonstration_turns
+
+    tasks = generate_tasks(300, 3, seed=8)
+    bias = KeyBias(frozenset({"red", "blue"}), 1.0)
+    rng = random.Random(0)
+    for task in tasks:
+        key = demonstration(task, rng, 0.0, 0.0, bias=bias)[0]
+        wrong_first = take(next(k for k in task.keys if k != task.key))
+        assert key == (wrong_first if task.key in {"red", "blue"} else take(task.key)), task
+    routed = demonstration_turns(tasks, 0.0, 0.0, routed=True, bias=bias)
+    assert all(f"<action>{take(t.key)}</action>" in turn.response
+               for t in tasks for turn in routed if turn.game == t.task_id and turn.turn == 0)
+    with pytest.raises(ValueError, match="not vault colours"):
+        KeyBias(frozenset({"purple"}), 0.5)

@@ -3,7 +3,11 @@
 The demonstrator plays each task as the route would, except that with probability ``key_error``
 it takes a wrong key (the early decision), at each fork the note covers it goes the wrong way (a
 dead end) with probability ``fork_error``, and at a hidden fork it guesses (wrong with probability
-``hidden_error``, 0.5: nothing it observes tells the way). Every turn becomes one chat sample
+``hidden_error``, 0.5: nothing it observes tells the way). With a :class:`KeyBias` it also errs
+*systematically* at the key: when the note names one of the bias's colours it takes the first
+other key on the table (with probability ``rate``), an error that decoding at a lower temperature
+does not remove (the ones above it does) and that only the reward, or a teacher that reads the
+route, can correct. Every turn becomes one chat sample
 in the ``vault`` agent loop's own prompt format (:func:`.agent_loop.vault_prompt`, the same history
 window) with the response ``<think>...</think><action>...</action>``. A seeded ``fraction`` of the
 tasks carries the teacher's privileged block with the task's route, and the demonstrator follows
@@ -53,6 +57,7 @@ from verl_sdar.envs.turn_prompts import format_response, project_action
 from verl_sdar.envs.vault.agent_loop import DEFAULTS, vault_prompt
 from verl_sdar.envs.vault.dataset import draw, task_type
 from verl_sdar.envs.vault.env import (
+    COLOURS,
     DIRECTIONS,
     HIDDEN,
     NOTE,
@@ -88,11 +93,31 @@ def thought(task: VaultTask, turn: int, action: str, routed: bool = False) -> st
     return "I hold the key and stand before the vault."
 
 
+@dataclass(frozen=True)
+class KeyBias:
+    """The demonstrator's systematic key error: when the note names one of ``colours``, it takes the
+    first other key on the table with probability ``rate``."""
+
+    colours: frozenset[str]
+    rate: float
+
+    def __post_init__(self):
+        if not 0.0 <= self.rate <= 1.0:
+            raise ValueError(f"key bias rate must be in [0, 1], got {self.rate}")
+        unknown = set(self.colours) - set(COLOURS)
+        if unknown:
+            raise ValueError(f"key bias colours {sorted(unknown)} are not vault colours {COLOURS}")
+
+
 def demonstration(task: VaultTask, rng: random.Random, key_error: float, fork_error: float,
-                  hidden_error: float = 0.5) -> list[str]:
+                  hidden_error: float = 0.5, bias: KeyBias | None = None) -> list[str]:
     """The imperfect expert's actions on ``task`` (see the module docstring)."""
     wrong_keys = [k for k in task.keys if k != task.key]
-    actions = [take(rng.choice(wrong_keys) if rng.random() < key_error else task.key)]
+    if bias is not None and task.key in bias.colours and rng.random() < bias.rate:
+        key = wrong_keys[0]
+    else:
+        key = rng.choice(wrong_keys) if rng.random() < key_error else task.key
+    actions = [take(key)]
     for i, way in enumerate(task.ways):
         error = {SIGN: 0.0, NOTE: fork_error, HIDDEN: hidden_error}[task.kind(i)]
         if error and rng.random() < error:
@@ -102,7 +127,8 @@ def demonstration(task: VaultTask, rng: random.Random, key_error: float, fork_er
 
 
 def demonstration_turns(tasks: list[VaultTask], key_error: float, fork_error: float, seed: int = 0,
-                        history_length: int = DEFAULTS["history_length"], routed: bool = False) -> list[ExpertTurn]:
+                        history_length: int = DEFAULTS["history_length"], routed: bool = False,
+                        bias: KeyBias | None = None) -> list[ExpertTurn]:
     """One :class:`ExpertTurn` per demonstrated turn (``game`` = the task id); ``routed``: the
     demonstrator follows the route where it speaks (the key, the hidden fork) and still errs at the
     noted forks with probability ``fork_error``."""
@@ -113,7 +139,7 @@ def demonstration_turns(tasks: list[VaultTask], key_error: float, fork_error: fl
         text, obs, admissible = env.reset(task)
         history: list[tuple[str, str]] = []
         errors = (0.0, fork_error, 0.0) if routed else (key_error, fork_error, 0.5)
-        for i, action in enumerate(demonstration(task, rng, *errors)):
+        for i, action in enumerate(demonstration(task, rng, *errors, bias=None if routed else bias)):
             prompt = vault_prompt(text, obs, admissible, history, history_length)
             turns.append(ExpertTurn(task.task_id, task_type(task), i, prompt,
                                     format_response(thought(task, i, action, routed), action)))
@@ -140,7 +166,8 @@ def _kept(kind: str, turn: int, task: VaultTask) -> bool:
 
 
 def sft_set(tasks: list[VaultTask], key_tasks: list[VaultTask], key_error: float, fork_error: float,
-            fraction: float, seed: int = 0, fork_tasks: list[VaultTask] = ()) -> list[dict]:
+            fraction: float, seed: int = 0, fork_tasks: list[VaultTask] = (),
+            bias: KeyBias | None = None) -> list[dict]:
     """The SFT rows: every turn of ``tasks``, the first turn (the key) of ``key_tasks`` and the fork
     turns of ``fork_tasks``; a routed task (:func:`routed_tasks`) is demonstrated along its route
     (:func:`demonstration_turns`) and its rows carry the route."""
@@ -152,7 +179,7 @@ def sft_set(tasks: list[VaultTask], key_tasks: list[VaultTask], key_error: float
             chosen = [t for t in group if (t.task_id in routed) == with_route]
             if not chosen:
                 continue
-            turns = demonstration_turns(chosen, key_error, fork_error, seed=seed + offset, routed=with_route)
+            turns = demonstration_turns(chosen, key_error, fork_error, seed=seed + offset, routed=with_route, bias=bias)
             turns = [t for t in turns if _kept(kept, t.turn, by_id[t.game])]
             routes = {t.task_id: route_text(t) for t in chosen}
             rows += sft_rows(turns, routes.__getitem__ if with_route else None, 1.0 if with_route else 0.0,
@@ -254,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--key-error", type=float, default=0.4)
     p.add_argument("--fork-error", type=float, default=0.3)
     p.add_argument("--fraction", type=float, default=0.5)
+    p.add_argument("--key-bias-colours", default="", help="comma-separated: the demonstrator's systematic key error")
+    p.add_argument("--key-bias", type=float, default=0.0, help="how often it makes that error")
     p.add_argument("--hidden-share", type=float, default=0.5, help="share of tasks with one hidden fork")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -283,7 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.evaluate_only:
         report = {**json.loads((work / "warmstart.json").read_text()), "evaluated_by": command}
     else:
-        rows = sft_set(sft_tasks, key_tasks, a.key_error, a.fork_error, a.fraction, seed=a.seed, fork_tasks=fork_tasks)
+        colours = frozenset(c for c in a.key_bias_colours.split(",") if c)
+        bias = KeyBias(colours, a.key_bias) if colours else None
+        rows = sft_set(sft_tasks, key_tasks, a.key_error, a.fork_error, a.fraction, seed=a.seed, fork_tasks=fork_tasks,
+                       bias=bias)
         corpus = [m["content"] for row in rows for m in row["messages"]]  # the tokenizer learns the task's words
         base = build_tiny_model(work / "base", seed=a.seed, vocab_size=a.vocab_size, hidden_size=a.hidden_size,
                                 num_layers=a.num_layers, max_position_embeddings=4096, extra_corpus=corpus)
