@@ -181,11 +181,13 @@ def main(argv: list[str] | None = None) -> int:
         run(a)
         return 0
     if a.command == "coef":
+        from verl_sdar.reports.experiment import read_jsonl
         from verl_sdar.reports.vault import coefficient
 
         train = Path(a.raw_dir) / "sdar_seed100" / "train.jsonl"
-        rows = [json.loads(line) for line in train.read_text().splitlines()]
-        result = coefficient(rows)
+        if not train.exists():
+            raise SystemExit(f"{train} does not exist: run the 2-step SDAR run first (see this script's docstring)")
+        result = coefficient(read_jsonl(train))
         (Path(a.raw_dir) / "coefficient.json").write_text(json.dumps(result, indent=1) + "\n")
         print(json.dumps(result, indent=1))
         return 0

@@ -18,13 +18,14 @@ The gate, for every GRPO seed (all four must hold in every seed for "RL learns")
 The coefficient rule (the plan's pilot, step 2), from a short SDAR run's ``train.jsonl``:
 :func:`coefficient`.
 
-Pure Python (json only).
+Pure Python (no torch, no verl).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from verl_sdar.reports.experiment import read_jsonl
 
 INITIAL = "initial"
 PAPER_COEF = 0.01
@@ -33,10 +34,6 @@ MIN_TERM_SHARE = 0.05
 MIN_GAIN = 0.10
 MIN_MIXED = 0.30
 EARLY_STEPS = 5
-
-
-def _lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _evaluation_split(records: list[dict]) -> list[dict]:
@@ -88,11 +85,12 @@ def gate(root: Path, arm: str = "grpo") -> dict:
     """Every finished ``arm`` run under ``root``: its :func:`seed_gate`; ``passed`` iff every
     criterion holds in every seed (and at least two seeds finished)."""
     root = Path(root)
-    initial = _lines(root / INITIAL / "eval.jsonl")
+    initial = read_jsonl(root / INITIAL / "eval.jsonl")
     seeds = {}
     for folder in sorted(root.glob(f"{arm}_seed*")):
         if (folder / "run.json").exists():
-            seeds[folder.name] = seed_gate(initial, _lines(folder / "eval.jsonl"), _lines(folder / "train.jsonl"))
+            seeds[folder.name] = seed_gate(initial, read_jsonl(folder / "eval.jsonl"),
+                                           read_jsonl(folder / "train.jsonl"))
     passed = len(seeds) >= 2 and all(all(s["passed"].values()) for s in seeds.values())
     return {"root": str(root), "arm": arm, "seeds": seeds, "passed": passed}
 

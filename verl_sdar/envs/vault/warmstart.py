@@ -3,12 +3,12 @@
 The demonstrator plays each task as the route would, except that with probability ``key_error``
 it takes a wrong key (the early decision), at each fork the note covers it goes the wrong way (a
 dead end) with probability ``fork_error``, and at a hidden fork it guesses (wrong with probability
-``hidden_error``, 0.5: nothing it observes tells the way). With a :class:`KeyBias` it also errs
-*systematically* at the key: when the note names one of the bias's colours it takes the first
-other key on the table (with probability ``rate``), an error that decoding at a lower temperature
-does not remove (the ones above it does) and that only the reward, or a teacher that reads the
-route, can correct. Every turn becomes one chat sample
-in the ``vault`` agent loop's own prompt format (:func:`.agent_loop.vault_prompt`, the same history
+``hidden_error``, :data:`HIDDEN_GUESS`: nothing it observes tells the way). With a
+:class:`KeyBias` it also errs *systematically* at the key: when the note names one of the bias's
+colours it takes the first other key on the table (with probability ``rate``), an error that
+decoding at a lower temperature does not remove (the ones above it does) and that only the
+reward, or a teacher that reads the route, can correct. Every turn becomes one chat sample in the
+``vault`` agent loop's own prompt format (:func:`.agent_loop.vault_prompt`, the same history
 window) with the response ``<think>...</think><action>...</action>``. A seeded ``fraction`` of the
 tasks carries the teacher's privileged block with the task's route, and the demonstrator follows
 the route where it speaks (the key, the hidden fork's way) and errs as often as without it where
@@ -16,8 +16,8 @@ it does not (the noted forks): the policy learns that a route in its prompt is t
 which is what lets the teacher beat the student at the key and the hidden fork (and a wrong route
 lead it astray there), and nothing else (in the seventh try, samples with the route made no error
 at all, and the teacher with a *wrong* route beat the student at the noted forks: the block's
-presence, not its content, taught care). The SFT and the teacher's sequences are built by the same code as ALFWorld's
-(:mod:`verl_sdar.envs.alfworld.expert_sft`).
+presence, not its content, taught care). The SFT and the teacher's sequences are built by the
+same code as ALFWorld's (:mod:`verl_sdar.envs.alfworld.expert_sft`).
 
 The decisions are a few turns of each episode, so besides the ``n_sft`` whole episodes the SFT set
 can hold the first turn only (the key) of ``n_key`` more tasks and the fork turns only of
@@ -71,6 +71,10 @@ from verl_sdar.envs.vault.env import (
     take,
 )
 
+HIDDEN_GUESS = 0.5
+"""how often a guess at a hidden fork is wrong (a coin: nothing observed tells the way)"""
+
+
 def thought(task: VaultTask, turn: int, action: str, routed: bool = False) -> str:
     """The demonstrator's reasoning for ``action`` at ``turn``: it names where the decision is read
     (the note's key, the fork's sign, the note's line, the route at a hidden fork when ``routed``)
@@ -110,7 +114,7 @@ class KeyBias:
 
 
 def demonstration(task: VaultTask, rng: random.Random, key_error: float, fork_error: float,
-                  hidden_error: float = 0.5, bias: KeyBias | None = None) -> list[str]:
+                  hidden_error: float = HIDDEN_GUESS, bias: KeyBias | None = None) -> list[str]:
     """The imperfect expert's actions on ``task`` (see the module docstring)."""
     wrong_keys = [k for k in task.keys if k != task.key]
     if bias is not None and task.key in bias.colours and rng.random() < bias.rate:
@@ -138,7 +142,7 @@ def demonstration_turns(tasks: list[VaultTask], key_error: float, fork_error: fl
         env = VaultEnv()
         text, obs, admissible = env.reset(task)
         history: list[tuple[str, str]] = []
-        errors = (0.0, fork_error, 0.0) if routed else (key_error, fork_error, 0.5)
+        errors = (0.0, fork_error, 0.0) if routed else (key_error, fork_error, HIDDEN_GUESS)
         for i, action in enumerate(demonstration(task, rng, *errors, bias=None if routed else bias)):
             prompt = vault_prompt(text, obs, admissible, history, history_length)
             turns.append(ExpertTurn(task.task_id, task_type(task), i, prompt,
