@@ -301,8 +301,9 @@ def versions() -> dict:
     import torch
     import verl
 
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     return {"python": platform.python_version(), "torch": torch.__version__, "verl": verl.__version__,
-            "machine": f"{platform.platform()}, {os.cpu_count()} CPUs"}
+            "machine": f"{platform.platform()}, {os.cpu_count()} CPUs", "commit": head or None}
 
 
 def commit(paths: list[Path], message: str) -> None:

@@ -22,6 +22,9 @@ refused). verl's rollout dump of every step stays in the working folder (``--wor
     python benchmarks/vault_experiment.py run --arms sdar --seeds 100 --steps 2 --lr <lr> \\
         --raw-dir docs/results/vault/pilot/coef
     python benchmarks/vault_experiment.py coef --raw-dir docs/results/vault/pilot/coef    # the coefficient rule
+    python benchmarks/vault_experiment.py run --arms grpo,sdar,grpo_opsd,sdar_noisy --seeds 0,1,2,3,4,5 \
+        --lr <lr> --coef <coef> --eval-split val --ood --raw-dir docs/results/vault/sweep --commit   # the sweep
+    python benchmarks/vault_experiment.py report --raw-dir docs/results/vault/sweep --planned-seeds 6  # docs/results.md
 """
 
 from __future__ import annotations
@@ -43,16 +46,19 @@ ARMS = {
 }
 INITIAL = "initial"
 KEEP = ("episode/", "group/", "sdar/gate_mean", "sdar/gap_mean", "sdar/gap_std", "sdar/rows_with_privileged",
+        "sdar/gate_active_ratio", "sdar/noisy/", "sdar/plain_rows_gap_abs_max", "timing_s/old_log_prob", "timing_s/ref",
         "actor/kl_loss", "actor/entropy", "actor/pg_loss", "actor/grad_norm", "actor/sdar/", "critic/score/mean",
         "critic/advantages/", "response_length/mean", "timing_s/step", "timing_s/gen", "timing_s/teacher",
         "timing_s/update_actor")
 SETTING_KEYS = ("warmstart", "steps", "tasks_per_step", "group", "lr", "max_steps", "eval_split", "k_samples", "ood",
-                "baseline_temperatures", "data_seed", "hidden_share")
+                "baseline_temperatures", "data_seed", "hidden_share", "coef")
+DISTILLING = ("sdar", "grpo_opsd", "sdar_noisy")
+"""The arms with a distillation term: ``--coef`` sets their ``sdar.coef`` (the plan's coefficient rule)."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="benchmarks/vault_experiment.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("command", choices=("run", "gate", "coef"))
+    p.add_argument("command", choices=("run", "gate", "coef", "report"))
     p.add_argument("--arms", default="grpo")
     p.add_argument("--seeds", default="100,101")
     p.add_argument("--warmstart", default=".work/vault-warmstart/model", help="the warm-start model folder")
@@ -69,6 +75,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--baseline-temperatures", default="0.5,0.7", help="the warm start's other temperatures")
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--hidden-share", type=float, default=0.5)
+    p.add_argument("--coef", type=float, default=None,
+                   help="sdar.coef of the distilling arms (default: the recipes' 0.01); fixed by the `coef` rule")
+    p.add_argument("--planned-seeds", type=int, default=6, help="report: seeds per arm the plan runs")
+    p.add_argument("--doc", default="docs/results.md", help="report: the page to write")
+    p.add_argument("--interim", action="store_true", help="report: the full page before every seed finished")
     p.add_argument("--commit", action="store_true")
     return p.parse_args(argv)
 
@@ -114,11 +125,16 @@ def evaluate_model(a: argparse.Namespace, model: Path, tasks: list, checkpoint: 
     return records
 
 
+def arm_overrides(a: argparse.Namespace, arm: str) -> list[str]:
+    """The arm's own overrides, with ``sdar.coef`` when ``--coef`` is given and the arm distils."""
+    return [*ARMS[arm], *([f"sdar.coef={a.coef}"] if a.coef is not None and arm in DISTILLING else [])]
+
+
 def train(a: argparse.Namespace, arm: str, seed: int, data: Path, work: Path) -> list[float]:
     """main_ppo for (arm, seed), resumed from its last checkpoint; wall seconds of each start."""
     train_file = data / ("train_noisy.parquet" if arm.endswith("_noisy") else "train.parquet")
     overrides = [
-        *ARMS[arm],
+        *arm_overrides(a, arm),
         *run_overrides(model=Path(a.warmstart).resolve(), train_file=train_file,
                        val_file=data / f"{a.eval_split}.parquet", batch=a.tasks_per_step, group=a.group,
                        max_steps=a.max_steps, seed=seed, lr=a.lr, steps=a.steps, save_freq=a.steps // 2),
@@ -166,9 +182,9 @@ def run(a: argparse.Namespace) -> None:
                 records += evaluate_model(a, model, tasks, checkpoint, seed)
             if a.ood:  # the longer tasks: final checkpoint only
                 records += evaluate_model(a, model, eval_tasks(data, "ood"), "final", seed, split="ood")
-            info = {"run": name, "arm": arm, "seed": seed, "overrides": ARMS[arm], "train_wall_s": round(sum(walls), 1),
-                    "train_starts": len(walls), "eval_s": round(time.perf_counter() - t0, 1),
-                    "settings": settings_of(a), **versions()}
+            info = {"run": name, "arm": arm, "seed": seed, "overrides": arm_overrides(a, arm),
+                    "train_wall_s": round(sum(walls), 1), "train_starts": len(walls),
+                    "eval_s": round(time.perf_counter() - t0, 1), "settings": settings_of(a), **versions()}
             write_run(raw / name, rows, records, info)
             print(f"{name}: done ({sum(walls):.0f} s training)", flush=True)
             if a.commit:
@@ -190,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
         result = coefficient(read_jsonl(train))
         (Path(a.raw_dir) / "coefficient.json").write_text(json.dumps(result, indent=1) + "\n")
         print(json.dumps(result, indent=1))
+        return 0
+    if a.command == "report":
+        from verl_sdar.reports.vault_page import report
+
+        print(report(Path(a.raw_dir), Path(a.doc), a.planned_seeds, interim=a.interim))
         return 0
     from verl_sdar.reports.vault import gate_page
 

@@ -37,6 +37,10 @@ def test_fills_in_everything_for_a_bare_cpu_config(compose_ppo):
     assert config.actor_rollout_ref.ref.fsdp_config.use_torch_compile is False
     assert config.actor_rollout_ref.actor.use_torch_compile is False
     assert config.actor_rollout_ref.ref.use_torch_compile is False  # verl's interpolation of the actor's flag
+    # padded micro-batches (no quadratic attention over a packed one) and no activation recomputation
+    for model in (config.actor_rollout_ref.model, config.critic.model):
+        assert model.use_remove_padding is False
+        assert model.enable_gradient_checkpointing is False
     assert any(line.startswith("actor_rollout_ref.rollout.name: unset -> 'hf'") for line in changes)
     assert apply_cpu_defaults(config) == []  # idempotent
 

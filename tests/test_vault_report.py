@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from verl_sdar.reports.vault import coefficient, decision_rates, gate, gate_page, success
+from verl_sdar.reports.vault import coefficient, decision_rates, gate, gate_page, primary, seeds_rule, success
 
 
 def _episodes(checkpoint: str, decoding: str, wins: int, n: int = 8) -> list[dict]:
@@ -43,9 +43,12 @@ def test_the_gate_holds_each_criterion_to_its_figure(tmp_path):
     assert s1["gain"] == pytest.approx(0.125)
     assert s1["passed"] == {"gain": True, "greedy": False, "beyond_temperature": False, "mixed_groups": False}
     assert not g["passed"]
-    page = gate_page(tmp_path)
+    page = gate_page(tmp_path, sims=50)
     assert "| grpo_seed0 | 0.250 | 0.375 (T=0.5) | 0.500 | 0.625 | +0.375 | 0.375 -> 0.500 | 0.40 |" in page
     assert "**Gate not passed**" in page
+    # the primary metric: (mid + final) / 2 = (4/8 + 5/8) / 2 and (2/8 + 3/8) / 2; their sd = 0.25 / sqrt(2)
+    assert s0["primary"] == pytest.approx(0.5625) and s1["primary"] == pytest.approx(0.3125)
+    assert "sd_1 0.177, sd_D 0.250" in page
 
 
 def test_one_seed_is_not_enough_and_the_rates_count_only_their_checkpoint(tmp_path):
@@ -77,3 +80,79 @@ def test_the_coefficient_rule_keeps_001_when_the_term_is_big_enough_else_climbs_
     assert coefficient(rows((0.5, 1.0)), coef=0.1)["share_at_0.01"] == pytest.approx(0.05)
     with pytest.raises(ValueError, match="non-zero pg norm"):
         coefficient([{"step": 1, "actor/sdar/term_logprob_grad_norm": 0.1, "actor/sdar/pg_logprob_grad_norm": 0.0}])
+
+
+def test_the_seed_rule_takes_six_seeds_when_their_detectable_effect_is_small_enough():
+    records = _episodes("mid", "T=1", 2) + _episodes("final", "T=1", 4)
+    assert primary(records) == pytest.approx(0.375)
+    close = seeds_rule([0.70, 0.72], sims=300)  # sd_1 0.0141, sd_D 0.02: an effect of about 0.03 is seen
+    assert close["sd_D"] == pytest.approx(0.02) and close["seeds"] == 6 and close["mde"][6] <= 0.10
+    spread = seeds_rule([0.60, 0.70], sims=300)  # sd_D 0.1: 6 seeds see only effects above 0.10
+    assert spread["mde"][6] > 0.10 and spread["seeds"] == 8 and spread["mde"][8] < spread["mde"][6]
+    with pytest.raises(ValueError, match="2 pilot seeds"):
+        seeds_rule([0.5])
+
+
+def _run(folder, mid: int, final: int, greedy: int, mixed: float = 0.5, train_extra: dict | None = None,
+         info: dict | None = None):
+    train = [{"step": s, "group/mixed_reward_share": mixed, "group/identical_share": 0.0,
+              "group/nonzero_advantage_rows": 0.5, **(train_extra or {})} for s in range(1, 7)]
+    records = [{**r, "split": "val"} for r in _episodes("mid", "T=1", mid) + _episodes("final", "T=1", final)
+               + _episodes("final", "greedy", greedy)]
+    _write(folder, records, train)
+    (folder / "run.json").write_text(json.dumps(info or {"train_wall_s": 600, "eval_s": 60, "train_starts": 1}))
+
+
+def _sweep(root, grpo_mixed: float = 0.5):
+    """Two seeds of the four arms: GRPO (mid, final) = (4, 5)/8 in both seeds; SDAR (6, 6) and
+    (5, 5); GRPO+OPSD as GRPO; SDAR on the noisy teacher (4, 4) and (3, 3)."""
+    _write(root / "initial", [{**r, "split": "val"} for r in _episodes("initial", "T=1", 2)
+                              + _episodes("initial", "greedy", 3)])
+    (root / "initial" / "run.json").write_text("{}")
+    sdar = {"sdar/noisy/false/gate_mean": 0.6, "sdar/noisy/false/gap_mean": 0.2, "timing_s/teacher": 3.0,
+            "actor/sdar/term_logprob_grad_norm": 0.1, "actor/sdar/pg_logprob_grad_norm": 1.0}
+    noisy = {**sdar, "sdar/noisy/true/gate_mean": 0.2, "sdar/noisy/true/gap_mean": -0.5}
+    for seed in (0, 1):
+        _run(root / f"grpo_seed{seed}", 4, 5, 4, mixed=grpo_mixed if seed == 1 else 0.5)
+        _run(root / f"sdar_seed{seed}", 6 - seed, 6 - seed, 6, train_extra=sdar)
+        _run(root / f"grpo_opsd_seed{seed}", 4, 5, 4, train_extra=sdar)
+        _run(root / f"sdar_noisy_seed{seed}", 4 - seed, 4 - seed, 4, train_extra=noisy)
+
+
+def test_the_results_page_puts_the_precondition_first_then_the_primary_test(tmp_path):
+    from verl_sdar.reports.vault_page import report
+
+    _sweep(tmp_path / "raw")
+    page = report(tmp_path / "raw", tmp_path / "results.md", planned=2, pictures=False)
+    assert page == (tmp_path / "results.md").read_text()
+    # precondition: gain 5/8 - 2/8, greedy 3/8 -> 4/8, early mixed 0.5 in both GRPO seeds
+    assert "| 0 | 0.250 | 0.375 (greedy) | 0.625 | +0.375 | 0.375 -> 0.500 | 0.50 |" in page
+    assert "**Held in every GRPO seed.**" in page and "uninterpretable" not in page
+    # primary: per seed (mid + final) / 2: SDAR 0.75, 0.625; GRPO 0.5625 twice: D = 0.1875, 0.0625;
+    # both positive of 2 seeds: p = 2/4; t interval 0.125 +- 12.706 * 0.0625
+    assert page.index("## 1. Does the baseline learn?") < page.index("## 2. The primary test")
+    assert ("sdar - grpo (val, T=1, mid+final): mean difference +0.125 (0.688 vs 0.562), 95% CI [-0.669, +0.919], "
+            "exact sign-flip p = 0.500 over 2 seeds (2 of 2 positive)") in page
+    assert "| 0 | 0.750 | 0.562 | +0.188 |" in page
+    # secondary: the noisy teacher's arm against SDAR: (0.5 - 0.75, 0.375 - 0.625) = -0.25 twice
+    assert "sdar_noisy - sdar (val, T=1, mid+final): mean difference -0.250" in page
+    assert "grpo_opsd - grpo (val, greedy, final): mean difference +0.000" in page
+    # mechanism (final, T=1): SDAR seed 0 key 6/8, seed 1 5/8 -> 0.6875; hidden right in even tasks: 0.5
+    assert "| sdar | 0.69 | - | - | 0.50 |" in page
+    # the teacher: gates on true / wrong-route rows, the term's share 0.1, 3 s a step of teacher pass
+    assert "| sdar_noisy | 0.600 | 0.200 | 0.200 | -0.500 | 0.100 | 10.0 | 3.000 | 1.0 |" in page
+    assert "| grpo | - | - | - | - | - | 10.0 | - | 1.0 |" in page
+
+
+def test_the_results_page_waits_for_every_seed_and_flags_a_baseline_that_did_not_learn(tmp_path):
+    from verl_sdar.reports.vault_page import report
+
+    _sweep(tmp_path / "raw", grpo_mixed=0.0)  # GRPO seed 1: no mixed early group
+    waiting = report(tmp_path / "raw", tmp_path / "results.md", planned=3, pictures=False)
+    assert "**In progress.**" in waiting and "grpo 2, sdar 2, grpo_opsd 2, sdar_noisy 2" in waiting
+    assert "mean difference" not in waiting and "0.625" not in waiting  # no outcome before the end
+    assert "| sdar_seed0 | - | 10.0 | 1 | 1.0 |" in waiting
+    page = report(tmp_path / "raw", tmp_path / "results.md", planned=3, pictures=False, interim=True)
+    assert "*INTERIM, incomplete" in page
+    assert "mixed_groups NO" in page and "**NOT held**: the comparisons below are uninterpretable" in page
+    assert "## 2. The primary test (pre-registered) (uninterpretable: the precondition did not hold)" in page

@@ -175,6 +175,19 @@ _DEFAULTS: tuple[_Default, ...] = (
     _Default(
         "critic.model.override_config.attn_implementation", _ABSENT, lambda c: "sdpa", "no flash-attention on CPU"
     ),
+    *(
+        _Default(f"{model}.use_remove_padding", True, lambda c: False,
+                 "padded micro-batches: sdpa on CPU has no variable-length kernel, so a packed "
+                 "micro-batch is one sequence under a block mask and attention costs the square of "
+                 "all its tokens (3-4x slower updates measured on the vault task)")
+        for model in ("actor_rollout_ref.model", "critic.model")
+    ),
+    *(
+        _Default(f"{model}.enable_gradient_checkpointing", True, lambda c: False,
+                 "no recomputation of each layer in the backward: it saves accelerator memory, and on "
+                 "CPU host memory holds the activations (fwd+bwd about 25% faster)")
+        for model in ("actor_rollout_ref.model", "critic.model")
+    ),
     _Default(
         "actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype",
         _ABSENT,
@@ -220,7 +233,8 @@ def apply_cpu_defaults(config: DictConfig) -> list[str]:
 
     Sets, unless the user chose otherwise: one worker process (``trainer.n_gpus_per_node=1``), Ray's
     logical CPUs and one fake GPU per worker slot, FSDP2 for actor/ref/critic, sdpa attention, fp32
-    compute for actor and reference (FSDP mixed-precision ``param_dtype``), the
+    compute for actor and reference (FSDP mixed-precision ``param_dtype``), padded micro-batches
+    (no ``use_remove_padding``) and no gradient checkpointing for actor and critic models, the
     ``hf`` rollout backend (when unset or SGLang/TensorRT-LLM, and for vLLM when no CPU build of vLLM
     is installed) with one replica per worker, and one agent-loop worker, one reward worker, one
     TransferQueue storage unit, no dataloader workers, no Ray dashboard and no ``torch.compile`` of

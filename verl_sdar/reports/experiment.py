@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 from verl_sdar.reports.curves import kl_spikes, mean_std, series
@@ -79,14 +80,23 @@ def paired(arms: dict[str, dict[int, dict]], a: str, b: str, split: str, decodin
     """``D_s = success(a, s) - success(b, s)`` over the seeds both arms finished, with the exact
     sign-flip p value and the 95% t interval of the mean (the plan's primary test for
     ``a, b = sdar, grpo`` on valid_unseen, sampled)."""
+    return paired_by(arms, a, b, lambda run: success(run["eval"], split, decoding), split=split, decoding=decoding)
+
+
+def paired_by(arms: dict[str, dict[int, dict]], a: str, b: str, value: Callable[[dict], float | None],
+              **labels: str) -> dict:
+    """``D_s = value(run of a, seed s) - value(run of b, seed s)`` over the seeds both arms finished
+    (a run whose value is None is left out), with the mean of each arm, the exact sign-flip p value,
+    the 95% t interval of the mean difference and the count of positive differences; ``labels``
+    (e.g. ``split``, ``decoding``: :func:`describe` names the test by them) are copied in."""
     seeds = sorted(set(arms.get(a, {})) & set(arms.get(b, {})))
     rows = []
     for s in seeds:
-        pa, pb = success(arms[a][s]["eval"], split, decoding), success(arms[b][s]["eval"], split, decoding)
+        pa, pb = value(arms[a][s]), value(arms[b][s])
         if pa is not None and pb is not None:
             rows.append({"seed": s, a: pa, b: pb, "diff": pa - pb})
     diffs = [r["diff"] for r in rows]
-    out = {"a": a, "b": b, "split": split, "decoding": decoding, "seeds": [r["seed"] for r in rows], "rows": rows,
+    out = {"a": a, "b": b, **labels, "seeds": [r["seed"] for r in rows], "rows": rows,
            "mean_a": statistics.fmean([r[a] for r in rows]) if rows else None,
            "mean_b": statistics.fmean([r[b] for r in rows]) if rows else None}
     if diffs:
@@ -113,8 +123,10 @@ def task_types(episodes: list[dict]) -> list[str]:
     return sorted({e["task_type"] for e in episodes})
 
 
-def plot(arms: dict[str, dict[int, dict]], out_dir: Path) -> str:
-    """``experiment_training.png``: the training panels, seed mean with a min..max band per arm."""
+def plot(arms: dict[str, dict[int, dict]], out_dir: Path, panels: tuple[tuple[str, str], ...] = TRAIN_PANELS,
+         name: str = "experiment_training.png") -> str:
+    """``out_dir/name``: one panel per ``(metric, title)`` of ``panels`` (six, in two rows of three),
+    the seed mean with a min..max band per arm; returns ``name``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -122,7 +134,7 @@ def plot(arms: dict[str, dict[int, dict]], out_dir: Path) -> str:
 
     fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
     colour = {arm: f"C{i}" for i, arm in enumerate(sorted(arms))}  # one colour per arm in every panel
-    for ax, (key, title) in zip(axes.flat, TRAIN_PANELS, strict=True):
+    for ax, (key, title) in zip(axes.flat, panels, strict=True):
         for arm in sorted(arms):
             curves = [series(r["train"], key) for r in arms[arm].values()]
             curves = [c for c in curves if c]
@@ -140,9 +152,9 @@ def plot(arms: dict[str, dict[int, dict]], out_dir: Path) -> str:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_dir / "experiment_training.png", dpi=110)
+    fig.savefig(out_dir / name, dpi=110)
     plt.close(fig)
-    return "experiment_training.png"
+    return name
 
 
 def step_seconds(run: dict) -> float | None:
@@ -296,7 +308,13 @@ def report(raw: Path, doc: Path, pictures: bool = True, interim: bool = False) -
     if pictures and arms:
         name = plot(arms, doc.parent / "results")
         lines += ["", f"![training curves](results/{name})", "", "Bands: min..max over seeds; lines: seed mean."]
-    lines += ["", "## Settings", "", "```", json.dumps(settings, indent=1), "```"]
+    return finish_page(raw, doc, [*lines, ""], settings)
+
+
+def finish_page(raw: Path, doc: Path, lines: list[str], settings: dict) -> str:
+    """``lines`` followed by the settings and the hand-written ``discussion.md`` beside the raw
+    folders (if any), written to ``doc``; returns the page."""
+    lines = [*lines, "## Settings", "", "```", json.dumps(settings, indent=1), "```"]
     discussion = raw / "discussion.md"
     if discussion.exists():
         lines += ["", "## Discussion (hand-written)", "", discussion.read_text().strip()]

@@ -16,16 +16,20 @@ The gate, for every GRPO seed (all four must hold in every seed for "RL learns")
    training steps are mixed (``group/mixed_reward_share`` averaged over those steps).
 
 The coefficient rule (the plan's pilot, step 2), from a short SDAR run's ``train.jsonl``:
-:func:`coefficient`.
+:func:`coefficient`. The number of seeds (step 3), from the pilot's spread of the primary metric
+(:func:`primary`): :func:`seeds_rule`.
 
 Pure Python (no torch, no verl).
 """
 
 from __future__ import annotations
 
+import math
+import statistics
 from pathlib import Path
 
 from verl_sdar.reports.experiment import read_jsonl
+from verl_sdar.reports.stats import minimum_detectable_effect
 
 INITIAL = "initial"
 PAPER_COEF = 0.01
@@ -34,6 +38,9 @@ MIN_TERM_SHARE = 0.05
 MIN_GAIN = 0.10
 MIN_MIXED = 0.30
 EARLY_STEPS = 5
+SEEDS = 6
+MORE_SEEDS = 8
+MAX_MDE = 0.10
 
 
 def _evaluation_split(records: list[dict]) -> list[dict]:
@@ -60,6 +67,25 @@ def decision_rates(records: list[dict], checkpoint: str, decoding: str) -> dict[
     return {kind: sum(v) / len(v) for kind, v in sorted(made.items())}
 
 
+def primary(records: list[dict]) -> float:
+    """The plan's primary metric of one run: the mean of its mid and final success at T = 1."""
+    return (success(records, "mid", "T=1") + success(records, "final", "T=1")) / 2
+
+
+def seeds_rule(values: list[float], sims: int = 1000) -> dict:
+    """The plan's seed count from the pilot seeds' primary metric ``values``: ``sd_1`` their sample
+    standard deviation, ``sd_D = sqrt(2) sd_1`` (a paired difference of two independent arms), the
+    minimum detectable effect of the sign-flip test with ``SEEDS`` pairs (80% power, alpha 0.05);
+    ``SEEDS`` if it is at most ``MAX_MDE``, else ``MORE_SEEDS`` (with that count's effect too)."""
+    if len(values) < 2:
+        raise ValueError(f"the spread needs 2 pilot seeds at least, got {len(values)}")
+    sd_1 = statistics.stdev(values)
+    sd_d = math.sqrt(2) * sd_1
+    mde = {n: minimum_detectable_effect(sd_d, n, sims=sims) for n in (SEEDS, MORE_SEEDS)}
+    seeds = SEEDS if mde[SEEDS] <= MAX_MDE else MORE_SEEDS
+    return {"values": values, "sd_1": sd_1, "sd_D": sd_d, "mde": mde, "seeds": seeds}
+
+
 def seed_gate(initial: list[dict], records: list[dict], train: list[dict]) -> dict:
     """The four criteria (module docstring) for one GRPO run, with the figures behind each."""
     decodings = sorted({r["decoding"] for r in initial})
@@ -70,6 +96,7 @@ def seed_gate(initial: list[dict], records: list[dict], train: list[dict]) -> di
     best_start = max(start.values())
     return {
         "initial": start, "mid_T=1": success(records, "mid", "T=1"), "final_T=1": final_t1,
+        "primary": primary(records),
         "final_greedy": final_greedy, "early_mixed_share": mixed,
         "early_identical_share": (sum(row.get("group/identical_share", 0.0) for row in train
                                       if row["step"] <= EARLY_STEPS) / len(early)) if early else None,
@@ -95,8 +122,9 @@ def gate(root: Path, arm: str = "grpo") -> dict:
     return {"root": str(root), "arm": arm, "seeds": seeds, "passed": passed}
 
 
-def gate_page(root: Path) -> str:
-    """The gate as a markdown table (one row per seed)."""
+def gate_page(root: Path, sims: int = 1000) -> str:
+    """The gate as a markdown table (one row per seed), then the seed rule (:func:`seeds_rule`, its
+    power simulated ``sims`` times per effect) when two seeds or more finished."""
     g = gate(root)
     lines = [f"# Learning gate: {g['root']} ({g['arm']})", "",
              "| run | warm start T=1 | best warm-start decoding | mid T=1 | final T=1 | gain | greedy: start -> final "
@@ -111,6 +139,13 @@ def gate_page(root: Path) -> str:
                      f"| {s['early_identical_share']:.2f} | {ok} |")
     lines += ["", f"**Gate {'passed' if g['passed'] else 'not passed'}** (every criterion in every seed, 2 seeds "
               "at least)."]
+    if len(g["seeds"]) >= 2:
+        rule = seeds_rule([s["primary"] for s in g["seeds"].values()], sims=sims)
+        lines += ["", "Spread (the plan's seed rule): primary metric (mean of mid and final T=1) "
+                  + ", ".join(f"{v:.3f}" for v in rule["values"])
+                  + f"; sd_1 {rule['sd_1']:.3f}, sd_D {rule['sd_D']:.3f}; minimum detectable effect (80% power, "
+                  f"alpha 0.05) with {SEEDS} seeds {rule['mde'][SEEDS]:.3f}, with {MORE_SEEDS} "
+                  f"{rule['mde'][MORE_SEEDS]:.3f}: **{rule['seeds']} seeds per arm**."]
     return "\n".join(lines) + "\n"
 
 
