@@ -82,6 +82,22 @@ def test_the_coefficient_rule_keeps_001_when_the_term_is_big_enough_else_climbs_
         coefficient([{"step": 1, "actor/sdar/term_logprob_grad_norm": 0.1, "actor/sdar/pg_logprob_grad_norm": 0.0}])
 
 
+def test_the_terms_size_is_a_ratio_of_means_over_the_steps_that_had_a_policy_gradient():
+    from verl_sdar.reports.vault_page import term_to_pg, with_term_ratio
+
+    def step(term, pg, nonzero):
+        return {"actor/sdar/term_logprob_grad_norm": term, "actor/sdar/pg_logprob_grad_norm": pg,
+                "group/nonzero_advantage_rows": nonzero}
+
+    # the third step's groups were all uniform: its pg norm is a residual (1e-5) and its ratio (150)
+    # would dominate a mean of per-step ratios; it is left out of both figures
+    runs = [{"train": [step(0.1, 1.0, 0.5), step(0.2, 3.0, 0.75)]}, {"train": [step(0.0015, 1e-5, 0.0)]}]
+    assert term_to_pg(runs) == pytest.approx(0.3 / 4.0)
+    assert [r.get("actor/sdar/term_to_pg") for r in with_term_ratio(runs[0]["train"] + runs[1]["train"])] == \
+        [pytest.approx(0.1), pytest.approx(0.2 / 3.0), None]
+    assert term_to_pg([{"train": [{"step": 1}]}]) is None
+
+
 def test_the_seed_rule_takes_six_seeds_when_their_detectable_effect_is_small_enough():
     records = _episodes("mid", "T=1", 2) + _episodes("final", "T=1", 4)
     assert primary(records) == pytest.approx(0.375)

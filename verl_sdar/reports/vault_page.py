@@ -70,14 +70,32 @@ METRICS = (
 )
 
 
+def has_policy_gradient(row: dict) -> bool:
+    """Whether a step's outcome reward gave a policy gradient: some row's advantage is non-zero. A step
+    whose every group is uniform has none (its pg norm is a residual near 0), so no term/pg ratio."""
+    return row.get("group/nonzero_advantage_rows", 1.0) > 0.0
+
+
 def with_term_ratio(train: list[dict]) -> list[dict]:
     """``train`` rows with ``actor/sdar/term_to_pg`` = term over policy-gradient log-prob gradient
-    norm added where both are logged (the pg norm non-zero)."""
+    norm added where both are logged and the step has a policy gradient (:func:`has_policy_gradient`)."""
     out = []
     for row in train:
         pg, term = row.get("actor/sdar/pg_logprob_grad_norm"), row.get("actor/sdar/term_logprob_grad_norm")
-        out.append({**row, "actor/sdar/term_to_pg": term / pg} if pg and term is not None else row)
+        usable = pg and term is not None and has_policy_gradient(row)
+        out.append({**row, "actor/sdar/term_to_pg": term / pg} if usable else row)
     return out
+
+
+def term_to_pg(runs: list[dict]) -> float | None:
+    """The term's size relative to the policy gradient over whole runs: mean term norm / mean pg norm
+    over every step of ``runs`` with a policy gradient (a ratio of means: one step with a tiny pg norm
+    cannot dominate it, as it would a mean of per-step ratios)."""
+    rows = [row for run in runs for row in run["train"] if has_policy_gradient(row)
+            and row.get("actor/sdar/pg_logprob_grad_norm") is not None
+            and row.get("actor/sdar/term_logprob_grad_norm") is not None]
+    pg = sum(row["actor/sdar/pg_logprob_grad_norm"] for row in rows)
+    return sum(row["actor/sdar/term_logprob_grad_norm"] for row in rows) / pg if rows and pg else None
 
 
 def precondition(arms: dict[str, dict[int, dict]], initial: list[dict]) -> tuple[list[str], bool]:
@@ -150,14 +168,16 @@ def teacher_table(arms: dict[str, dict[int, dict]]) -> list[str]:
 
         cells = [pooled("sdar/noisy/false/gate_mean"), pooled("sdar/noisy/true/gate_mean"),
                  pooled("sdar/noisy/false/gap_mean"), pooled("sdar/noisy/true/gap_mean"),
-                 pooled("actor/sdar/term_to_pg"),
+                 f"{ratio:.3f}" if (ratio := term_to_pg(runs)) is not None else "-",
                  f"{statistics.fmean(r['info'].get('train_wall_s', 0) for r in runs) / 60:.1f}",
                  pooled("timing_s/teacher"),
                  f"{statistics.fmean(r['info'].get('eval_s', 0) for r in runs) / 60:.1f}"]
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     return lines + ["", "Training minutes: wall time of every start (start-up included); gate and gap: mean over "
                     "steps and seeds of the per-step means over the rows of each condition (the noisy arm's "
-                    "training tasks are half true-route, half wrong-route; the clean arms' all true-route).", ""]
+                    "training tasks are half true-route, half wrong-route; the clean arms' all true-route); "
+                    "term / pg: the SDAR term's log-prob gradient norm over the policy gradient's, the ratio of "
+                    "their means over the steps (and seeds) that had a policy gradient.", ""]
 
 
 def status_page(raw: Path, runs: dict[str, dict], arms: dict[str, dict[int, dict]], planned: int) -> list[str]:
