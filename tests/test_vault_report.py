@@ -153,8 +153,10 @@ def test_the_results_page_puts_the_precondition_first_then_the_primary_test(tmp_
     # secondary: the noisy teacher's arm against SDAR: (0.5 - 0.75, 0.375 - 0.625) = -0.25 twice
     assert "sdar_noisy - sdar (val, T=1, mid+final): mean difference -0.250" in page
     assert "grpo_opsd - grpo (val, greedy, final): mean difference +0.000" in page
-    # mechanism (final, T=1): SDAR seed 0 key 6/8, seed 1 5/8 -> 0.6875; hidden right in even tasks: 0.5
-    assert "| sdar | 0.69 | - | - | 0.50 |" in page
+    # mechanism (T=1): SDAR seed 0 key 6/8, seed 1 5/8 at mid and final -> 0.6875; hidden right in even
+    # tasks: 0.5; GRPO's key 4/8 at mid, 5/8 at the end
+    assert "| sdar | 0.69 | 0.69 | - | - | 0.50 |" in page
+    assert "| grpo | 0.50 | 0.62 | - | - | 0.50 |" in page
     # the teacher: gates on true / wrong-route rows, the term's share 0.1, 3 s a step of teacher pass
     assert "| sdar_noisy | 0.600 | 0.200 | 0.200 | -0.500 | 0.100 | 10.0 | 3.000 | 1.0 |" in page
     assert "| grpo | - | - | - | - | - | 10.0 | - | 1.0 |" in page
