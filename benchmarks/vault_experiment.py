@@ -25,6 +25,8 @@ refused). verl's rollout dump of every step stays in the working folder (``--wor
     python benchmarks/vault_experiment.py run --arms grpo,sdar,grpo_opsd,sdar_noisy --seeds 0,1,2,3,4,5 \
         --lr <lr> --coef <coef> --eval-split val --ood --raw-dir docs/results/vault/sweep --commit   # the sweep
     python benchmarks/vault_experiment.py report --raw-dir docs/results/vault/sweep --planned-seeds 6  # docs/results.md
+    python benchmarks/vault_experiment.py signs --raw-dir docs/results/vault/sweep  # signs followed per
+        # direction and step, from the rollout dumps in --work (written to <raw-dir>/sign_following.md)
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ DISTILLING = ("sdar", "grpo_opsd", "sdar_noisy")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="benchmarks/vault_experiment.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("command", choices=("run", "gate", "coef", "report"))
+    p.add_argument("command", choices=("run", "gate", "coef", "report", "signs"))
     p.add_argument("--arms", default="grpo")
     p.add_argument("--seeds", default="100,101")
     p.add_argument("--warmstart", default=".work/vault-warmstart/model", help="the warm-start model folder")
@@ -78,6 +80,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--coef", type=float, default=None,
                    help="sdar.coef of the distilling arms (default: the recipes' 0.01); fixed by the `coef` rule")
     p.add_argument("--planned-seeds", type=int, default=6, help="report: seeds per arm the plan runs")
+    p.add_argument("--pilot-dir", default="docs/results/vault/pilot/lr1e-04",
+                   help="report: the pilot whose seed-to-seed spread gives the minimum detectable effect")
     p.add_argument("--doc", default="docs/results.md", help="report: the page to write")
     p.add_argument("--interim", action="store_true", help="report: the full page before every seed finished")
     p.add_argument("--commit", action="store_true")
@@ -210,7 +214,15 @@ def main(argv: list[str] | None = None) -> int:
     if a.command == "report":
         from verl_sdar.reports.vault_page import report
 
-        print(report(Path(a.raw_dir), Path(a.doc), a.planned_seeds, interim=a.interim))
+        print(report(Path(a.raw_dir), Path(a.doc), a.planned_seeds, interim=a.interim,
+                     pilot=Path(a.pilot_dir) if a.pilot_dir else None))
+        return 0
+    if a.command == "signs":
+        from verl_sdar.reports.vault import sign_page
+
+        text = sign_page(Path(a.work) / Path(a.raw_dir).name)
+        (Path(a.raw_dir) / "sign_following.md").write_text(text)
+        print(text)
         return 0
     from verl_sdar.reports.vault import gate_page
 

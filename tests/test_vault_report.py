@@ -174,3 +174,54 @@ def test_the_results_page_waits_for_every_seed_and_flags_a_baseline_that_did_not
     assert "*INTERIM, incomplete" in page
     assert "mixed_groups NO" in page and "**NOT held**: the comparisons below are uninterpretable" in page
     assert "## 2. The primary test (pre-registered) (uninterpretable: the precondition did not hold)" in page
+    # the failed seed's decisions, mid -> final: key 4/8 -> 5/8, hidden right in even tasks
+    assert "- seed 1: mid T=1 0.500 -> final 0.625; key 0.50 -> 0.62, hidden 0.50 -> 0.50\n" in page
+
+
+def test_the_page_states_the_effect_the_sweep_could_detect_from_the_pilots_spread(tmp_path):
+    from verl_sdar.reports.stats import minimum_detectable_effect
+    from verl_sdar.reports.vault_page import report
+
+    _sweep(tmp_path / "raw")
+    pilot = tmp_path / "pilot"
+    _write(pilot / "initial", _episodes("initial", "T=1", 2) + _episodes("initial", "greedy", 3))
+    rows = [{"step": 1, "group/mixed_reward_share": 1.0}]
+    # pilot primaries (4/8 + 6/8) / 2 = 0.625 and (2/8 + 4/8) / 2 = 0.375: sd_1 0.1768, sd_D 0.25
+    _write(pilot / "grpo_seed100", _episodes("mid", "T=1", 4) + _episodes("final", "T=1", 6)
+           + _episodes("final", "greedy", 6), rows)
+    _write(pilot / "grpo_seed101", _episodes("mid", "T=1", 2) + _episodes("final", "T=1", 4)
+           + _episodes("final", "greedy", 4), rows)
+    page = report(tmp_path / "raw", tmp_path / "results.md", planned=2, pictures=False, pilot=pilot)
+    mde = minimum_detectable_effect(0.25, 2)
+    assert f"paired spread sd_D = 0.250 (`{pilot}`), the test over 2 seeds detects a mean difference of about " \
+           f"{mde:.2f} with 80% power" in page
+    assert "Power" not in report(tmp_path / "raw", tmp_path / "results.md", planned=2, pictures=False)
+
+
+def _turn(observation: str, output: str) -> dict:
+    return {"input": f"user\nWhat you observe now: You are in the hall.\nWhat you observe now: {observation}\n"
+                     "Admissible actions at this step: ['go left', 'go right'].", "output": output}
+
+
+def test_signs_followed_are_counted_per_direction_from_the_rollout_dump(tmp_path):
+    from verl_sdar.reports.vault import sign_following, sign_page
+
+    left = "<think>A sign points left.</think><action>go left</action>"
+    step = [_turn("You are at fork 1 of 3. A sign points left.", left),
+            _turn("You are at fork 2 of 3. A sign points right.", left),
+            _turn("You are at fork 2 of 3. A sign points right.", "<action>go right</action>"),
+            _turn("You are at fork 3 of 3. A sign points right.", "<action>open the vault</action>"),  # invalid
+            _turn("You are at fork 1 of 3. There is no sign here.", "<action>go right</action>")]  # not a sign
+    assert sign_following(step) == {"left": 1.0, "right": pytest.approx(1 / 3)}
+    assert sign_following(step[-1:]) == {"left": None, "right": None}
+    # a sign only in an earlier observation of the prompt is not this turn's
+    assert sign_following([{"input": "What you observe now: A sign points left.\nWhat you observe now: a note",
+                            "output": "<action>go right</action>"}]) == {"left": None, "right": None}
+    for run, steps in {"grpo_seed0": [step[:1], step[:3]], "sdar_seed0": [step[:1], step[:1] + step[2:3]]}.items():
+        (tmp_path / run / "dump").mkdir(parents=True)
+        for i, rows in enumerate(steps, start=1):
+            (tmp_path / run / "dump" / f"{i}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    page = sign_page(tmp_path)
+    assert "| grpo_seed0 | 1.00 (1) | 0.50 (2) | 2 |" in page and "| sdar_seed0 | 1.00 (1) | 1.00 (2) | - |" in page
+    assert "grpo_seed0, per step (left / right): 1: 1.00 / -; 2: 1.00 / 0.50" in page
+    assert "sdar_seed0, per step" not in page

@@ -23,6 +23,8 @@ Pure Python (matplotlib for the figure only); no torch, no verl.
 from __future__ import annotations
 
 import json
+import math
+import os
 import statistics
 from pathlib import Path
 
@@ -39,7 +41,8 @@ from verl_sdar.reports.experiment import (
     plot,
     step_seconds,
 )
-from verl_sdar.reports.vault import decision_rates, primary, seed_gate, success
+from verl_sdar.reports.stats import minimum_detectable_effect
+from verl_sdar.reports.vault import decision_rates, gate, primary, seed_gate, success
 
 ARMS = ("grpo", "sdar", "grpo_opsd", "sdar_noisy")
 PRIMARY = ("sdar", "grpo")
@@ -118,7 +121,31 @@ def precondition(arms: dict[str, dict[int, dict]], initial: list[dict]) -> tuple
     lines += ["", "**Held in every GRPO seed.**" if held else
               "**NOT held**: the comparisons below are uninterpretable (not nulls): the baseline did not measurably "
               "learn in every seed.", ""]
+    failed = [s for s, g in seeds.items() if not all(g["passed"].values())]
+    if failed:
+        lines += ["Right choices per decision kind at T = 1 in the seeds that failed (mid -> final checkpoint):", ""]
+        for s in failed:
+            records = arms["grpo"][s]["eval"]
+            mid, final = decision_rates(records, "mid", "T=1"), decision_rates(records, "final", "T=1")
+            lines.append(f"- seed {s}: mid T=1 {seeds[s]['mid_T=1']:.3f} -> final {seeds[s]['final_T=1']:.3f}; "
+                         + ", ".join(f"{k} " + " -> ".join(f"{r[k]:.2f}" if k in r else "-" for r in (mid, final))
+                                     for k in KINDS if k in mid or k in final))
+        lines.append("")
     return lines, held
+
+
+def detectable(pilot: Path | None, seeds: int) -> str:
+    """The plan's power statement: the minimum detectable effect of the sign-flip test over ``seeds``
+    pairs (80% power, alpha 0.05) at the paired spread ``sd_D`` of the pilot's GRPO seeds."""
+    if pilot is None or not (pilot / INITIAL).exists() or seeds < 2:
+        return ""
+    pilot_seeds = gate(pilot)["seeds"]
+    if len(pilot_seeds) < 2:
+        return ""
+    sd_d = math.sqrt(2) * statistics.stdev(g["primary"] for g in pilot_seeds.values())
+    return (f"Power (the plan's rule): at the pilot's paired spread sd_D = {sd_d:.3f} "
+            f"(`{pilot}`), the test over {seeds} seeds detects a mean difference of about "
+            f"{minimum_detectable_effect(sd_d, seeds):.2f} with 80% power; smaller effects can go unseen.")
 
 
 def arm_table(arms: dict[str, dict[int, dict]], initial: list[dict]) -> list[str]:
@@ -202,8 +229,10 @@ def status_page(raw: Path, runs: dict[str, dict], arms: dict[str, dict[int, dict
     return lines
 
 
-def report(raw: Path, doc: Path, planned: int, pictures: bool = True, interim: bool = False) -> str:
-    """Write ``doc`` from ``raw`` (``planned`` seeds per arm); returns the page."""
+def report(raw: Path, doc: Path, planned: int, pictures: bool = True, interim: bool = False,
+           pilot: Path | None = None) -> str:
+    """Write ``doc`` from ``raw`` (``planned`` seeds per arm; the power statement from the ``pilot``'s
+    raw files when given); returns the page."""
     runs = load_runs(raw)
     arms = by_arm(runs)
     complete = all(len(arms.get(arm, {})) >= planned for arm in ARMS)
@@ -231,6 +260,8 @@ def report(raw: Path, doc: Path, planned: int, pictures: bool = True, interim: b
               "SDAR minus GRPO; per seed, success at T = 1 on the 64 val tasks (4 plays each), the mean of the mid "
               "and the final checkpoint; exact two-sided sign-flip test over seeds, 95% Student-t interval of the "
               "mean difference.", "", f"**{describe(first)}.**", ""]
+    if power := detectable(pilot, len(first.get("seeds", []))):
+        lines += [power, ""]
     if first.get("rows"):
         lines += ["| seed | SDAR | GRPO | difference |", "|---|---:|---:|---:|"]
         lines += [f"| {r['seed']} | {r['sdar']:.3f} | {r['grpo']:.3f} | {r['diff']:+.3f} |" for r in first["rows"]]
@@ -246,6 +277,10 @@ def report(raw: Path, doc: Path, planned: int, pictures: bool = True, interim: b
               *group_statistics(arms),
               "## The teacher: gate and gap on true vs wrong routes, the term's size, the cost", "",
               *teacher_table(arms)]
+    if (raw / "sign_following.md").exists():
+        lines += ["Signs followed per direction and training step, from verl's rollout dumps (post hoc, the runs "
+                  "whose dump was kept): [`sign_following.md`]("
+                  + os.path.relpath(raw / "sign_following.md", doc.parent) + ").", ""]
     if pictures and arms:
         curves = {arm: {s: {**run, "train": with_term_ratio(run["train"])} for s, run in seeds.items()}
                   for arm, seeds in arms.items()}
