@@ -23,7 +23,7 @@ folders; a later invocation with other settings is refused. Checkpoints and logs
 
     python benchmarks/experiment.py run --arms grpo,sdar --seeds 0,1,2,3,4,5 [--commit]
     python benchmarks/experiment.py cost            # per-step and evaluation cost (pilot, not committed)
-    python benchmarks/experiment.py report [--doc docs/results.md]   # the page, from the raw files
+    python benchmarks/experiment.py report [--doc docs/results_alfworld.md]   # the page, from the raw files
     python benchmarks/experiment.py run --arms grpo --seeds 100,101 --lr 3e-5 --splits valid_seen \
         --raw-dir docs/results/pilot/lr3e-05       # the learning-rate pilot (GRPO, valid_seen only)
     python benchmarks/experiment.py pilot --raw-dir docs/results/pilot   # its summary: lr, seeds per arm
@@ -65,7 +65,7 @@ SETTING_KEYS = ("warmstart", "steps", "games_per_step", "group", "train_max_step
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("command", choices=("run", "cost", "report", "pilot"))
-    p.add_argument("--doc", default="docs/results.md", help="report: the page to write")
+    p.add_argument("--doc", default="docs/results_alfworld.md", help="report: the page to write")
     p.add_argument("--arms", default="grpo,sdar")
     p.add_argument("--seeds", default="0,1,2,3,4,5")
     p.add_argument("--warmstart", default=".work/warmstart96")
